@@ -1,0 +1,205 @@
+"""From a feature frame (training set or online rows) to the model's tensors, the same way every time.
+
+The target is scale-aware: each row has a scale, the series' recent typical sales taken from its lagged
+statistics (the 52-week mean, else a shorter one, else last week's sales; at least ``SCALE_FLOOR`` dollars), and
+the model predicts ``weekly_sales / scale``. Sales-derived inputs are divided by the same scale, so a $200 and a
+$200,000 department look alike to the network and it learns shapes (seasonality, holiday lift, markdown response)
+that departments share. Trained with a loss weighted by scale (and x5 in holiday weeks), the error it minimizes
+is the Kaggle WMAE in dollars.
+
+Everything fitted (means, spreads, category codes, fallback scales) comes from training rows only and is saved
+as JSON beside the model; inference applies it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from salesfc.tables import TIMESTAMP
+
+SCALE_FLOOR = 10.0
+SCALE_SOURCES = ["sales_rolling_mean_52", "sales_rolling_mean_12", "sales_rolling_mean_8", "sales_rolling_mean_4",
+                 "sales_lag_1"]
+HOLIDAY_WEIGHT = 5.0  # Kaggle's WMAE weights holiday weeks 5 to 1
+WEIGHT_POWER = 1.0    # loss weight = scale ** WEIGHT_POWER: 1 makes the training loss the dollar WMAE
+NOT_FEATURES = {"store_dept", "store", "dept", TIMESTAMP, "weekly_sales", "expected_sales"}
+CATEGORIES = ["store", "dept", "week_of_year", "store_type"]
+# How each known input enters the network; anything else numeric is standardized as is ("plain").
+TRANSFORMS = {
+    **{f"sales_lag_{k}": "per_scale" for k in (1, 2, 4, 8, 52)},
+    **{f"sales_rolling_{stat}_{w}": "per_scale" for stat in ("mean", "std") for w in (4, 8, 12, 52)},
+    "weeks_of_history": "log",
+    "store_size": "log",
+    **{f"markdown{k}": "log" for k in range(1, 6)},
+    "total_markdown": "log",
+    "holiday_markdown_interaction": "log",
+    "markdown_momentum": "log",
+    "sales_velocity": "clip",
+    "sales_acceleration": "clip",
+    "demand_stability_score": "clip",
+}
+PER_SCALE_LIMIT = 10.0
+CLIP_LIMIT = 5.0
+
+
+def signed_log(values: np.ndarray) -> np.ndarray:
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+@dataclass
+class Batch:
+    """A frame turned into arrays: numeric inputs, category codes, scale, and (for labelled rows) target/weight."""
+
+    numeric: np.ndarray        # float32 (rows, inputs)
+    categories: np.ndarray     # int64 (rows, len(CATEGORIES))
+    scale: np.ndarray          # float64 (rows,)
+    target: np.ndarray | None  # float32 weekly_sales / scale
+    weight: np.ndarray | None  # float32, mean 1 on the training rows
+
+
+class Preprocessor:
+    def __init__(self, params: dict):
+        self.params = params
+
+    # -- fitting (training rows only) ------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, train: pd.DataFrame) -> "Preprocessor":
+        columns = [c for c in train.columns if c not in NOT_FEATURES and c not in CATEGORIES
+                   and pd.api.types.is_numeric_dtype(train[c])]
+        dept_scale = (train.assign(abs_sales=train["weekly_sales"].abs()).groupby("dept")["abs_sales"].median()
+                      .clip(lower=SCALE_FLOOR))
+        params = {
+            "scale": {"sources": SCALE_SOURCES, "floor": SCALE_FLOOR,
+                      "dept_fallback": {str(int(k)): float(v) for k, v in dept_scale.items()},
+                      "global_fallback": float(max(SCALE_FLOOR, train["weekly_sales"].abs().median()))},
+            # A list, not a mapping: its order is the order of the model's embedding tables.
+            "categories": [{"name": name, "values": cls._vocabulary(train, name)} for name in CATEGORIES],
+            "inputs": [],
+        }
+        pre = cls(params)
+        scale = pre.scale(train)
+        for column in columns:
+            kind = TRANSFORMS.get(column, "plain")
+            raw = pre._raw(train, column, kind, scale)
+            finite = raw[np.isfinite(raw)]
+            mean = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) > 1 else 1.0
+            params["inputs"].append({"column": column, "transform": kind, "mean": mean,
+                                     "std": std if std > 1e-9 else 1.0,
+                                     "missing_flag": bool(np.isnan(raw).any())})
+        log_scale = np.log(scale)
+        params["log_scale"] = {"mean": float(log_scale.mean()), "std": float(log_scale.std() or 1.0)}
+        params["weight_mean"] = float(pre._weight(train, scale).mean())
+        return pre
+
+    @staticmethod
+    def _vocabulary(train: pd.DataFrame, name: str) -> list:
+        if name == "week_of_year":
+            return list(range(1, 54))  # every week, seen in training or not
+        if name == "store_type":
+            return sorted(str(v) for v in train[name].dropna().unique())
+        return sorted(int(v) for v in train[name].unique())
+
+    # -- applying ---------------------------------------------------------------------------------------------
+    def scale(self, frame: pd.DataFrame) -> np.ndarray:
+        spec = self.params["scale"]
+        scale = np.full(len(frame), np.nan)
+        for source in spec["sources"]:
+            values = np.abs(frame[source].to_numpy(dtype=float, na_value=np.nan))
+            scale = np.where(np.isnan(scale), values, scale)
+        fallback = frame["dept"].astype(int).astype(str).map(spec["dept_fallback"]).to_numpy(dtype=float)
+        fallback = np.where(np.isnan(fallback), spec["global_fallback"], fallback)
+        scale = np.where(np.isnan(scale), fallback, scale)
+        return np.maximum(scale, spec["floor"])
+
+    @staticmethod
+    def _raw(frame: pd.DataFrame, column: str, kind: str, scale: np.ndarray) -> np.ndarray:
+        values = frame[column].to_numpy(dtype=float, na_value=np.nan) if column in frame else \
+            np.full(len(frame), np.nan)
+        if kind == "per_scale":
+            return np.clip(values / scale, -PER_SCALE_LIMIT, PER_SCALE_LIMIT)
+        if kind == "log":
+            return signed_log(values)
+        if kind == "clip":
+            return np.clip(values, -CLIP_LIMIT, CLIP_LIMIT)
+        return values
+
+    @property
+    def n_numeric(self) -> int:
+        return len(self.params["inputs"]) + sum(spec["missing_flag"] for spec in self.params["inputs"]) + 1
+
+    @property
+    def cardinalities(self) -> list[int]:
+        # Code 0 is "not seen in training".
+        return [len(spec["values"]) + 1 for spec in self.params["categories"]]
+
+    def transform(self, frame: pd.DataFrame) -> Batch:
+        scale = self.scale(frame)
+        numeric = np.empty((len(frame), self.n_numeric), dtype=np.float32)
+        position = 0
+        flags = []
+        for spec in self.params["inputs"]:
+            raw = self._raw(frame, spec["column"], spec["transform"], scale)
+            missing = np.isnan(raw)
+            numeric[:, position] = np.where(missing, 0.0, (raw - spec["mean"]) / spec["std"])
+            position += 1
+            if spec["missing_flag"]:
+                flags.append(missing)
+        for missing in flags:
+            numeric[:, position] = missing
+            position += 1
+        log_scale = self.params["log_scale"]
+        numeric[:, position] = (np.log(scale) - log_scale["mean"]) / log_scale["std"]
+
+        categories = np.zeros((len(frame), len(self.params["categories"])), dtype=np.int64)
+        for i, spec in enumerate(self.params["categories"]):
+            name = spec["name"]
+            vocabulary = {value: code + 1 for code, value in enumerate(spec["values"])}
+            values = frame[name].astype(str if name == "store_type" else "int64").to_numpy()
+            categories[:, i] = pd.Series(values).map(vocabulary).fillna(0).to_numpy(dtype=np.int64)
+
+        target = weight = None
+        if "weekly_sales" in frame:
+            target = (frame["weekly_sales"].to_numpy(dtype=float) / scale).astype(np.float32)
+            weight = (self._weight(frame, scale) / self.params["weight_mean"]).astype(np.float32)
+        return Batch(numeric, categories, scale, target, weight)
+
+    @staticmethod
+    def _weight(frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
+        """Scale x holiday weight: a loss on the scaled target weighted so is the dollar WMAE."""
+        holiday = frame["is_holiday"].to_numpy(dtype=float) > 0
+        return scale ** WEIGHT_POWER * np.where(holiday, HOLIDAY_WEIGHT, 1.0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train before ``val_start``; validate (early stopping) from val_start; test (held out) from test_start."""
+
+    val_start: pd.Timestamp
+    test_start: pd.Timestamp
+    last_week: pd.Timestamp
+
+    @classmethod
+    def from_weeks(cls, weeks: pd.Series, val_weeks: int, test_weeks: int) -> "Split":
+        unique = np.sort(weeks.unique())
+        if len(unique) < val_weeks + test_weeks + 8:
+            raise ValueError(f"{len(unique)} weeks of data cannot hold {test_weeks} test weeks, {val_weeks} "
+                             "validation weeks and at least 8 training weeks")
+        return cls(pd.Timestamp(unique[-(val_weeks + test_weeks)]), pd.Timestamp(unique[-test_weeks]),
+                   pd.Timestamp(unique[-1]))
+
+    def part(self, weeks: pd.Series) -> np.ndarray:
+        """0 = train, 1 = validation, 2 = test, per row."""
+        return np.select([weeks < self.val_start, weeks < self.test_start], [0, 1], 2)
+
+    def to_json(self) -> dict:
+        return {"val_start": f"{self.val_start:%Y-%m-%d}", "test_start": f"{self.test_start:%Y-%m-%d}",
+                "last_week": f"{self.last_week:%Y-%m-%d}"}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Split":
+        return cls(*(pd.Timestamp(value[k], tz="UTC") for k in ("val_start", "test_start", "last_week")))
+

@@ -1,0 +1,344 @@
+"""Everything salesfc asks of Feast: open the store, apply the definitions, load tables, read features.
+
+Which store is open follows ``--feature-store``: 'local', 'postgres' (files of the feature repo) or the path of a
+feature_store.yaml (the chart's ConfigMap). ``${SALESFC_PG_*}`` placeholders in the file are filled from the --pg-*
+settings and SALESFC_PG_PASSWORD: Feast expands environment variables when it reads the file, so salesfc puts the
+resolved settings into its own environment first. Relative paths in the file resolve against <workdir>/feast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import io
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import feast  # noqa: F401 - slow (seconds); imported once here, then its warning filters are overridden below
+import numpy as np
+import pandas as pd
+
+from salesfc import settings, tables
+from salesfc.errors import UserError
+from salesfc.tables import LABELS, TIMESTAMP, Location
+from salesfc.waiting import wait_for
+from salesfc.workspace import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Feast installs "once" filters on import; these two warnings are about Feast's and ibis's own internals (on-demand
+# views called "experimental", a duckdb method ibis still uses) and tell a user nothing to do.
+warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
+warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy connectable")
+
+SERVICE = "demand_forecasting_service"
+DEFINITIONS = "definitions.py"
+NAMED_STORES = {"local": "feature_store.yaml", "postgres": "feature_store.postgres.yaml"}
+ENTITY_COLUMNS = ["store_dept", "store"]
+
+
+def feature_repo(config) -> Path:
+    """The feature repository: the setting, else the one shipped beside the package (image or checkout)."""
+    if config.feature_repo:
+        path = Path(config.feature_repo)
+        if not (path / DEFINITIONS).is_file():
+            raise UserError(f"--feature-repo {path}: no {DEFINITIONS} there")
+        return path
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "feature_repo", Path.cwd() / "feature_repo"):
+        if (candidate / DEFINITIONS).is_file():
+            return candidate
+    raise UserError("no feature repository found: pass --feature-repo (the folder with definitions.py)")
+
+
+def yaml_file(config) -> Path:
+    choice = config.feature_store
+    path = feature_repo(config) / NAMED_STORES[choice] if choice in NAMED_STORES else Path(choice)
+    if not path.is_file():
+        raise UserError(f"--feature-store {choice}: {path} does not exist (use 'local', 'postgres' or the path of "
+                        "a feature_store.yaml)")
+    return path
+
+
+def export_pg_environment(config) -> None:
+    """Put the resolved --pg-* settings where Feast's ${...} expansion finds them."""
+    password = settings.password()
+    if any(char in password for char in "'\n\r"):
+        raise UserError(f"{settings.PASSWORD_ENV} contains a quote or a line break, which feature_store.yaml "
+                        "cannot hold; choose a password without them")
+    os.environ.update({
+        "SALESFC_PG_HOST": config.pg_host, "SALESFC_PG_PORT": str(config.pg_port),
+        "SALESFC_PG_DATABASE": config.pg_database, "SALESFC_PG_USER": config.pg_user,
+        "SALESFC_PG_SSLMODE": config.pg_sslmode, settings.PASSWORD_ENV: password,
+    })
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A PostgreSQL server the configured store uses (registry, offline or online store)."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    sslmode: str
+
+    def __str__(self) -> str:
+        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.database}"
+
+    def connect(self, timeout: float = 10):
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, dbname=self.database, user=self.user,
+                               password=self.password or None, sslmode=self.sslmode, connect_timeout=int(timeout))
+
+    def unreachable(self) -> str | None:
+        try:
+            with self.connect(timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except Exception as err:  # psycopg raises several kinds; all mean "not yet"
+            return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None
+
+
+def endpoints(repo_config) -> list[Endpoint]:
+    found: list[Endpoint] = []
+    for store in (repo_config.offline_store, repo_config.online_store):
+        if getattr(store, "type", None) == "postgres":
+            found.append(Endpoint(store.host, int(store.port), store.database, store.user, store.password,
+                                  store.sslmode or "require"))
+    registry = repo_config.registry
+    if getattr(registry, "registry_type", "") == "sql" and str(registry.path).startswith("postgresql"):
+        url = urlsplit(registry.path)
+        connect = registry.sqlalchemy_config_kwargs.get("connect_args", {})
+        found.append(Endpoint(url.hostname or "localhost", url.port or 5432, url.path.lstrip("/"),
+                              connect.get("user") or url.username or "", connect.get("password") or url.password
+                              or "", connect.get("sslmode", "prefer")))
+    unique = {(e.host, e.port, e.database): e for e in found}
+    return list(unique.values())
+
+
+def repo_config(config):
+    from feast.repo_config import load_repo_config
+
+    export_pg_environment(config)
+    path = yaml_file(config)
+    config.workspace.feast.mkdir(parents=True, exist_ok=True)
+    try:
+        return load_repo_config(config.workspace.feast, path)
+    except Exception as err:
+        raise UserError(f"{path}: not a valid Feast configuration: {str(err).splitlines()[0]}") from None
+
+
+def location(repo_cfg, config) -> Location:
+    kind = repo_cfg.offline_store.type
+    if kind == "duckdb":
+        return Location("file", config.workspace.data)
+    if kind == "postgres":
+        return Location("postgres", config.workspace.data)
+    raise UserError(f"offline store '{kind}' is not supported: use duckdb (parquet) or postgres")
+
+
+def wait_for_databases(repo_cfg, timeout: float) -> None:
+    for endpoint in endpoints(repo_cfg):
+        wait_for(str(endpoint), endpoint.unreachable, timeout)
+
+
+@dataclass
+class Store:
+    """An open Feast store with what salesfc needs beside it."""
+
+    feast: object  # feast.FeatureStore
+    location: Location
+    yaml: Path
+    endpoints: list[Endpoint]
+
+    @property
+    def uses_postgres(self) -> bool:
+        return bool(self.endpoints)
+
+    @functools.cached_property
+    def service(self):
+        """The feature service, resolved once: a registry lookup costs more than an online read."""
+        return self.feast.get_feature_service(SERVICE)
+
+
+def open_store(config, wait: bool = True) -> Store:
+    """Open the configured store, waiting (up to --wait-timeout) for its database when it has one."""
+    started = time.perf_counter()
+    from feast import FeatureStore
+
+    cfg = repo_config(config)
+    if wait:
+        wait_for_databases(cfg, config.wait_timeout)
+    loc = location(cfg, config)
+    tables.set_location(loc)
+    try:
+        store = FeatureStore(repo_path=str(config.workspace.feast), config=cfg)
+    except Exception as err:
+        raise UserError(f"cannot open the feature store of {yaml_file(config)}: {err}") from None
+    log.debug("opened feature store in %.1f s", time.perf_counter() - started)
+    return Store(store, loc, yaml_file(config), endpoints(cfg))
+
+
+def load_definitions(config, store: Store) -> list:
+    """Import feature_repo/definitions.py afresh, with the batch sources of this store's offline store."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.on_demand_feature_view import OnDemandFeatureView
+
+    tables.set_location(store.location)
+    path = feature_repo(config) / DEFINITIONS
+    spec = importlib.util.spec_from_file_location("salesfc_feature_definitions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService, DataSource)
+    objects = [value for value in vars(module).values() if isinstance(value, kinds)]
+    sources = {fv.batch_source.name: fv.batch_source for fv in objects if isinstance(fv, FeatureView)}
+    return objects + [source for name, source in sources.items() if all(o is not source for o in objects)]
+
+
+def apply(store: Store, objects: list) -> dict:
+    """Our `feast apply`: register the definitions and remove what the repo no longer defines."""
+    fs = store.feast
+    project = fs.project
+    registry = fs.registry
+    wanted = {(type(o).__name__, o.name) for o in objects}
+    existing = (registry.list_entities(project) + registry.list_feature_views(project)
+                + registry.list_on_demand_feature_views(project) + registry.list_feature_services(project))
+    stale = [o for o in existing if (type(o).__name__, o.name) not in wanted and o.name != "__dummy"]
+    fs.apply(objects, objects_to_delete=stale, partial=False)
+    return {"applied": sorted(name for _, name in wanted), "removed": sorted(o.name for o in stale)}
+
+
+def write_offline_tables(store: Store, frames: dict[str, pd.DataFrame]) -> None:
+    """Replace each table whole, atomically: parquet renamed into place, or one PostgreSQL transaction."""
+    if store.location.kind == "file":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for name, frame in frames.items():
+            path = store.location.parquet(name)
+            with atomic_path(path) as tmp:
+                # DuckDB compares timestamps correctly only in microseconds.
+                pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, coerce_timestamps="us",
+                               allow_truncated_timestamps=False)
+        return
+    with store.endpoints[0].connect() as conn:
+        with conn.transaction():
+            for name, frame in frames.items():
+                _replace_pg_table(conn, Location.pg_table(name), frame)
+
+
+def _pg_type(series: pd.Series) -> str:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return "bigint"
+    if pd.api.types.is_float_dtype(series):
+        return "double precision"
+    return "text"
+
+
+def _replace_pg_table(conn, table: str, frame: pd.DataFrame) -> None:
+    from psycopg import sql
+
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(frame[c])))
+                                 for c in frame.columns)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), columns))
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    # Arrow's CSV writer is C++ and an order of magnitude faster than pandas' for 400K rows; empty unquoted
+    # fields are NULL to COPY, and timestamps come out as ISO 8601 with a Z, which timestamptz reads as UTC.
+    buffer = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+                    pacsv.WriteOptions(include_header=False))
+    copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(sql.Identifier(table))
+    with conn.cursor().copy(copy) as writer:
+        writer.write(buffer.getvalue())
+    keys = [c for c in ("store_dept", "store") if c in frame.columns][:1] + [TIMESTAMP]
+    conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, keys))))
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+
+
+def read_labels(store: Store) -> pd.DataFrame:
+    if store.location.kind == "file":
+        path = store.location.parquet(LABELS)
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: run `salesfc prep` first")
+        return pd.read_parquet(path)
+    with store.endpoints[0].connect() as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT * FROM "{Location.pg_table(LABELS)}"')
+        frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    return frame
+
+
+def materialize(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    with _quiet():
+        store.feast.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
+
+
+def historical_features(store: Store, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The training set: every label row with its point-in-time features, exactly one row per label row.
+
+    With the DuckDB store the entity rows are the labels frame; with PostgreSQL they are a query over the labels
+    table (the store embeds it, instead of inserting the rows one by one).
+    """
+    fs = store.feast
+    if store.location.kind == "postgres":
+        entity_df = f'SELECT * FROM "{Location.pg_table(LABELS)}"'
+        expected = None
+    else:
+        entity_df = read_labels(store) if labels is None else labels
+        expected = len(entity_df)
+    with _quiet():
+        frame = fs.get_historical_features(entity_df=entity_df, features=store.service).to_df()
+    # PostgreSQL returns naive UTC timestamps, DuckDB aware ones: make them one thing.
+    if not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
+        frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
+    week = frame[TIMESTAMP].array.asi8
+    key = frame["store_dept"].to_numpy(dtype=np.int64)
+    order = np.lexsort((key, week))
+    frame = frame.take(order).reset_index(drop=True)
+    week, key = week[order], key[order]
+    duplicated = int(((week[1:] == week[:-1]) & (key[1:] == key[:-1])).sum())
+    if duplicated or (expected is not None and len(frame) != expected):
+        raise RuntimeError(f"feature retrieval returned {len(frame)} rows with {duplicated} duplicated entity rows "
+                           f"for {expected or 'the'} label rows: the point-in-time join is broken")
+    return frame
+
+
+def online_features(store: Store, keys, timestamps: bool = False) -> dict[str, list]:
+    """Latest features of each store department from the online store, as columns (one entry per key).
+
+    With ``timestamps``, each feature also comes with ``<feature>__ts``: the week (epoch seconds) it belongs to.
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    store_ids, _ = tables.split_store_dept(keys)
+    response = store.feast.get_online_features(
+        features=store.service, entity_rows={"store_dept": keys.tolist(), "store": store_ids.tolist()})
+    return response.to_dict(include_event_timestamps=timestamps)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Feast prints progress bars to stdout during materialization; keep our stdout for results."""
+    stdout = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stdout = stdout

@@ -1,0 +1,171 @@
+"""infer: next week's forecast for every store department, and an honest evaluation of the model.
+
+1. Waits (up to --wait-timeout) for the run's model: ``models/<run-id>/training.json`` marks a finished run.
+2. Forecasts the week after the data from the online store (``get_online_features``): the same features, the
+   same preprocessing and the same network as training.
+3. Evaluates on the held-out test weeks, which neither training nor early stopping saw: the model against the
+   naive baselines and the gradient-boosted-trees peer (salesfc.baselines), and against the noise floor when
+   the data is synthetic (the error of predicting the generator's noiseless signal).
+4. Writes ``reports/<run-id>/``: predictions.parquet (next week), holdout_predictions.parquet, metrics.json and
+   report.md with its plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from salesfc import baselines, feature_store, metrics
+from salesfc import model as model_lib
+from salesfc.dataset import Preprocessor, Split
+from salesfc.errors import UserError
+from salesfc.tables import TIMESTAMP, split_store_dept, utc_weeks
+from salesfc.waiting import wait_for
+from salesfc.workspace import Workspace, atomic_path, read_json, wait_for_manifest, write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run(config) -> str:
+    """The run to use: --run-id, else the latest finished one (waiting for one to exist)."""
+    workspace: Workspace = config.workspace
+    if config.run_id:
+        run_id = config.run_id
+    else:
+        wait_for("a trained model", lambda: None if workspace.latest_run() else
+                 f"{workspace.models / 'LATEST'} does not exist yet (run `salesfc train`)", config.wait_timeout)
+        run_id = workspace.latest_run()
+    done = workspace.run_dir(run_id) / "training.json"
+    wait_for(f"model {run_id}", lambda: None if done.exists() else f"{done} does not exist yet (training has not "
+             "finished)", config.wait_timeout)
+    return run_id
+
+
+class Forecaster:
+    """A trained run: network + preprocessing, predicting dollars from feature rows."""
+
+    def __init__(self, run_dir):
+        self.network, self.checkpoint = model_lib.load(run_dir / "model.pt")
+        self.params = read_json(run_dir / "preprocess.json")
+        self.preprocessor = Preprocessor(self.params)
+        self.split = Split.from_json(self.params["split"])
+
+    @torch.no_grad()
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        batch = self.preprocessor.transform(frame)
+        ratio = self.network(torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)).numpy()
+        return ratio.astype(np.float64) * batch.scale
+
+
+def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
+    keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
+    online = pd.DataFrame(feature_store.online_features(store, keys, timestamps=True))
+    week = pd.Timestamp(manifest["next_week"], tz="UTC")
+    stale = (online["sales_lag_1__ts"] != int(week.timestamp())) | (online["temperature__ts"] != int(week.timestamp()))
+    if stale.any():
+        raise UserError(f"the online store does not hold the week of {manifest['next_week']} for {int(stale.sum())} "
+                        "series: run `salesfc prep` (it materializes the latest week)")
+    online = online[[c for c in online.columns if not c.endswith("__ts")]]
+    online["dept"] = split_store_dept(keys)[1]
+    prediction = forecaster.predict(online)
+    store_ids, depts = split_store_dept(keys)
+    return pd.DataFrame({"store": store_ids, "dept": depts, "week": utc_weeks([week] * len(keys)),
+                         "predicted_sales": prediction.round(2)})
+
+
+def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool) -> tuple[dict, pd.DataFrame]:
+    frame = feature_store.historical_features(store)
+    part = forecaster.split.part(frame[TIMESTAMP])
+    train, val, test = frame[part == 0], frame[part == 1], frame[part == 2].reset_index(drop=True)
+    if test.empty:
+        raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
+    actual = test["weekly_sales"].to_numpy(dtype=float)
+    holiday = test["is_holiday"].to_numpy()
+    forecasts = {"model": forecaster.predict(test)}
+    naive, fallbacks = baselines.naive_forecasts(train, test)
+    forecasts.update(naive)
+    gbt = baselines.gradient_boosted_trees(train, val, test)
+    forecasts["gradient_boosted_trees"] = gbt["forecast"]
+    scores = {name: metrics.evaluate(actual, forecast, holiday) for name, forecast in forecasts.items()}
+    for name, count in fallbacks.items():
+        scores[name]["fallback_rows"] = count
+    scores["gradient_boosted_trees"].update(iterations=gbt["iterations"], fit_seconds=gbt["fit_seconds"])
+    noise_floor = None
+    if has_signal and test["expected_sales"].notna().all():
+        noise_floor = metrics.evaluate(actual, test["expected_sales"].to_numpy(dtype=float), holiday)
+    result = {
+        "model": scores.pop("model"),
+        "baselines": scores,
+        "noise_floor": noise_floor,
+        "test_weeks": {"from": f"{forecaster.split.test_start:%Y-%m-%d}", "to": f"{forecaster.split.last_week:%Y-%m-%d}",
+                       "rows": int(len(test))},
+    }
+    holdout = pd.DataFrame({"store": test["store"], "dept": test["dept"], "week": test[TIMESTAMP],
+                            "actual": actual, "is_holiday": holiday,
+                            **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()}})
+    if noise_floor is not None:
+        holdout["expected_sales"] = test["expected_sales"].to_numpy(dtype=float)
+    return result, holdout
+
+
+def comparison_table(result: dict) -> list[str]:
+    rows = [("model", result["model"])] + list(result["baselines"].items())
+    if result["noise_floor"]:
+        rows.append(("noise floor (perfect model)", result["noise_floor"]))
+    lines = [f"{'forecaster':<28} {'WMAE':>10} {'MAE':>10} {'RMSE':>10} {'MAPE':>8} {'R2':>7}"]
+    for name, m in rows:
+        lines.append(f"{name:<28} {m['wmae']:>10,.0f} {m['mae']:>10,.0f} {m['rmse']:>10,.0f} {m['mape']:>7.2f}% "
+                     f"{m['r2']:>7.4f}")
+    return lines
+
+
+def run(config) -> int:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    workspace = config.workspace
+    run_id = resolve_run(config)
+    run_dir = workspace.run_dir(run_id)
+    store = feature_store.open_store(config)
+    manifest = wait_for_manifest(workspace, config.data_id, config.wait_timeout)
+    forecaster = Forecaster(run_dir)
+    trained_on = forecaster.params.get("data")
+    if trained_on != manifest["fingerprint"]:
+        raise UserError(f"model {run_id} was trained on other data ({trained_on}) than the store now holds "
+                        f"({manifest['fingerprint']}); train again after prep")
+    timings["load"] = time.perf_counter() - clock
+
+    tick = time.perf_counter()
+    forecast = next_week(store, forecaster, manifest)
+    timings["next week (online)"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    result, holdout = evaluate(store, forecaster, manifest["has_signal"])
+    timings["evaluation"] = time.perf_counter() - tick
+    result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(forecast),
+                  data=manifest["source"])
+
+    out = workspace.report_dir(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in (("predictions.parquet", forecast), ("holdout_predictions.parquet", holdout)):
+        with atomic_path(out / name) as tmp:
+            table.to_parquet(tmp, index=False)
+    tick = time.perf_counter()
+    from salesfc import report
+
+    report.write(out, result, holdout, forecast, comparison_table(result), read_json(run_dir / "training.json"),
+                 config.plot_series)
+    timings["report"] = time.perf_counter() - tick
+    result["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    write_json(out / "metrics.json", result)
+
+    print(f"infer: run {run_id}, held-out weeks {result['test_weeks']['from']} to {result['test_weeks']['to']} "
+          f"({result['test_weeks']['rows']:,} rows)")
+    for line in comparison_table(result):
+        print("  " + line)
+    print(f"infer: forecast for {manifest['next_week']}: {len(forecast):,} series, total "
+          f"${forecast['predicted_sales'].sum():,.0f}")
+    print(f"infer: wrote {out}/ (predictions.parquet, metrics.json, report.md)")
+    return 0

@@ -1,0 +1,116 @@
+"""The forecasting network and its checkpoint format.
+
+An MLP (256-128-64 by default) over the numeric inputs and learned embeddings of store, department, week of year
+and store type; it predicts weekly sales divided by the row's scale (see salesfc.dataset).
+
+A checkpoint holds MODEL_STATE, OPTIMIZER_STATE, EPOCH, VAL_LOSS and MODEL_CONFIG (enough to rebuild the network)
+as tensors and plain Python values only, so it loads with ``torch.load(weights_only=True)``: a model file on a
+shared volume is never a way to run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from salesfc.workspace import atomic_path
+
+
+class Dropout(nn.Module):
+    """Dropout that draws its CPU masks from a pool instead of fresh random numbers at every step.
+
+    On CPU, drawing a Bernoulli mask costs ten times the matrix product of the layer it follows (torch's CPU
+    random number generator is that slow), so plain dropout halves training speed. Here each step multiplies by
+    a window of a pool of masks (POOL_FACTOR times the batch, at a random offset), and the pool is drawn afresh
+    every REFRESH_STEPS steps. Rows of a batch are a random sample, so each row still meets a random mask; masks
+    repeat only across rows of different batches. On GPUs the native dropout is cheap, and is used.
+    """
+
+    POOL_FACTOR = 8
+    REFRESH_STEPS = 64
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.pool: torch.Tensor | None = None
+        self.uses = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        if x.is_cuda:
+            return nn.functional.dropout(x, self.p, True)
+        rows = x.shape[0]
+        pool = self.pool
+        if (pool is None or pool.shape[0] < self.POOL_FACTOR * rows or pool.shape[1:] != x.shape[1:]
+                or pool.dtype != x.dtype or self.uses >= self.REFRESH_STEPS):
+            keep = torch.rand(self.POOL_FACTOR * rows, *x.shape[1:], device=x.device) >= self.p
+            pool = self.pool = keep.to(x.dtype) / (1 - self.p)
+            self.uses = 0
+        self.uses += 1
+        start = int(torch.randint(0, pool.shape[0] - rows + 1, ()))
+        return x * pool[start:start + rows]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SalesMLP(nn.Module):
+    def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
+                 dropout: float):
+        super().__init__()
+        # One table for all categories (each one's codes shifted by an offset): one lookup and one backward pass
+        # per step instead of one per category, which matters on CPU where each is a separate kernel.
+        self.embedding = nn.Embedding(sum(cardinalities), embed_dim)
+        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        layers: list[nn.Module] = []
+        width = n_numeric + embed_dim * len(cardinalities)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout:
+                layers.append(Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        embedded = self.embedding(categories + self.offsets).flatten(1)
+        return self.mlp(torch.cat([numeric, embedded], dim=1)).squeeze(1)
+
+
+def model_config(n_numeric: int, cardinalities: list[int], embed_dim: int, hidden, dropout: float) -> dict:
+    return {"model_type": "mlp", "n_numeric": int(n_numeric), "cardinalities": [int(c) for c in cardinalities],
+            "embed_dim": int(embed_dim), "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
+
+
+def build(config: dict) -> SalesMLP:
+    if config.get("model_type") != "mlp":
+        raise ValueError(f"unknown model_type {config.get('model_type')!r}")
+    return SalesMLP(config["n_numeric"], config["cardinalities"], config["embed_dim"], config["hidden"],
+                    config["dropout"])
+
+
+def flops_per_sample(config: dict) -> int:
+    """Forward + backward floating-point operations of one sample: 3 x 2 x multiply-adds of the linear layers."""
+    width = config["n_numeric"] + config["embed_dim"] * len(config["cardinalities"])
+    macs = 0
+    for size in [*config["hidden"], 1]:
+        macs += width * size
+        width = size
+    return 6 * macs
+
+
+def save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: Path, device: str | torch.device = "cpu") -> tuple[SalesMLP, dict]:
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    network = build(checkpoint["MODEL_CONFIG"])
+    network.load_state_dict(checkpoint["MODEL_STATE"])
+    network.to(device).eval()
+    return network, checkpoint

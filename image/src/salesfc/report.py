@@ -1,0 +1,184 @@
+"""The evaluation report: report.md with its plots, for a person deciding whether to trust the forecast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from salesfc.workspace import atomic_path, write_text
+
+COLORS = {"actual": "black", "model": "tab:blue", "gradient_boosted_trees": "tab:orange",
+          "seasonal_naive": "tab:green", "last_value": "tab:gray", "expected_sales": "tab:red"}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def pick_series(holdout: pd.DataFrame, count: int) -> list[tuple[int, int]]:
+    """The largest series (they dominate WMAE) and, for the other half, series of the middle of the range."""
+    totals = holdout.groupby(["store", "dept"])["actual"].sum().sort_values(ascending=False)
+    big = list(totals.index[: (count + 1) // 2])
+    middle = totals.index[len(totals) // 2:]
+    step = max(1, len(middle) // max(1, count - len(big)))
+    return big + [key for key in list(middle[::step]) if key not in big][: count - len(big)]
+
+
+def plot_series(holdout: pd.DataFrame, forecast: pd.DataFrame, count: int, path: Path) -> None:
+    plt = _figure()
+    chosen = pick_series(holdout, count)
+    columns = 2
+    rows = max(1, (len(chosen) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(12, 3 * rows), squeeze=False)
+    for ax, (store, dept) in zip(axes.flat, chosen):
+        series = holdout[(holdout["store"] == store) & (holdout["dept"] == dept)].sort_values("week")
+        weeks = series["week"].dt.tz_localize(None)
+        ax.plot(weeks, series["actual"], color=COLORS["actual"], lw=2, label="actual")
+        for name in ("model", "gradient_boosted_trees", "seasonal_naive"):
+            ax.plot(weeks, series[f"forecast_{name}"], color=COLORS[name], lw=1.2, label=name.replace("_", " "))
+        if "expected_sales" in series:
+            ax.plot(weeks, series["expected_sales"], color=COLORS["expected_sales"], lw=0.8, ls=":",
+                    label="noiseless signal")
+        ahead = forecast[(forecast["store"] == store) & (forecast["dept"] == dept)]
+        if len(ahead):
+            ax.scatter(ahead["week"].dt.tz_localize(None), ahead["predicted_sales"], color=COLORS["model"],
+                       marker="*", s=120, zorder=3, label="next week")
+        ax.set_title(f"store {store}, department {dept}", fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Held-out weeks: forecasts against actual sales ($)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_error_by_week(holdout: pd.DataFrame, path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(12, 4))
+    names = ["model", "gradient_boosted_trees", "seasonal_naive", "last_value"]
+    if "expected_sales" in holdout:
+        holdout = holdout.assign(forecast_noise_floor=holdout["expected_sales"])
+        names.append("noise_floor")
+    errors = pd.DataFrame({name: (holdout[f"forecast_{name}"] - holdout["actual"]).abs() for name in names})
+    errors_by_week = errors.groupby(holdout["week"]).mean()
+    for name in names:
+        error = errors_by_week[name]
+        ax.plot(error.index.tz_localize(None), error.values, marker="o", ms=3,
+                color=COLORS.get(name, "tab:red"), ls=":" if name == "noise_floor" else "-",
+                label=name.replace("_", " "))
+    holidays = holdout.loc[holdout["is_holiday"] > 0, "week"].unique()
+    for week in holidays:
+        ax.axvline(pd.Timestamp(week).tz_localize(None), color="tab:purple", alpha=0.3, lw=6)
+    ax.set_ylabel("mean absolute error ($)")
+    ax.set_title("Error by held-out week (shaded: holiday weeks, weighted x5 in WMAE)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_training(history: list[dict], path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted Huber loss (scaled)")
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _markdown_table(result: dict) -> list[str]:
+    rows = [("**model**", result["model"])] + [(name.replace("_", " "), m) for name, m in result["baselines"].items()]
+    if result["noise_floor"]:
+        rows.append(("noise floor (perfect model)", result["noise_floor"]))
+    lines = ["| forecaster | WMAE | MAE | RMSE | MAPE | R² |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['wmae']:,.0f} | {m['mae']:,.0f} | {m['rmse']:,.0f} | {m['mape']:.2f}% | "
+                     f"{m['r2']:.4f} |")
+    return lines
+
+
+def findings(result: dict) -> list[str]:
+    model = result["model"]
+    naive = {k: v for k, v in result["baselines"].items() if k != "gradient_boosted_trees"}
+    best_name, best = min(naive.items(), key=lambda item: item[1]["wmae"])
+    lines = [f"- The model's WMAE is {model['wmae'] / best['wmae']:.1%} of the best naive baseline's "
+             f"({best_name.replace('_', ' ')}, ${best['wmae']:,.0f})."]
+    gbt = result["baselines"].get("gradient_boosted_trees")
+    if gbt:
+        gap = model["wmae"] / gbt["wmae"] - 1
+        lines.append(f"- Against gradient-boosted trees on the same features: {gap:+.1%} WMAE "
+                     f"({'better' if gap < 0 else 'worse'}), MAPE {model['mape']:.2f}% against {gbt['mape']:.2f}%.")
+    if result["noise_floor"]:
+        floor = result["noise_floor"]
+        lines.append(f"- The noise floor (predicting the generator's noiseless signal) is ${floor['wmae']:,.0f} WMAE: "
+                     f"the model is at {model['wmae'] / floor['wmae']:.3f}x the best any forecaster can do here.")
+    lines.append(f"- MAPE counts rows with actual sales of at least $1,000; {model['mape_rows_excluded']:,} of "
+                 f"{model['n_rows']:,} rows are below that and left out of it.")
+    fallback = {k: v.get("fallback_rows") for k, v in result["baselines"].items() if v.get("fallback_rows")}
+    if fallback:
+        lines.append("- Rows where a naive baseline had no value where it looks and fell back (see "
+                     "salesfc.baselines): " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in fallback.items())
+                     + ".")
+    return lines
+
+
+def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame, table: list[str],
+          training: dict, n_series: int) -> None:
+    if n_series:
+        plot_series(holdout, forecast, n_series, out / "forecast_vs_actual.png")
+    plot_error_by_week(holdout, out / "error_by_week.png")
+    plot_training(training["history"], out / "training.png")
+    weeks = result["test_weeks"]
+    lines = [
+        f"# Sales forecast report: run {result['run_id']}",
+        "",
+        f"Data: {result['data']}. Held-out test weeks {weeks['from']} to {weeks['to']} ({weeks['rows']:,} rows), "
+        "never seen by training or early stopping. Next week's forecast "
+        f"({result['next_week']}, {result['forecast_rows']:,} series) is in predictions.parquet.",
+        "",
+        "## Accuracy on the held-out weeks",
+        "",
+        *_markdown_table(result),
+        "",
+        *findings(result),
+        "",
+        "WMAE: mean absolute error with holiday weeks weighted 5 to 1 (the Kaggle measure). All figures in dollars "
+        "of weekly sales.",
+        "",
+        "## Forecasts against actual sales",
+        "",
+        "![forecast vs actual](forecast_vs_actual.png)" if n_series else "(no series plotted: --plot-series 0)",
+        "",
+        "## Error by week",
+        "",
+        "![error by week](error_by_week.png)",
+        "",
+        "## Training",
+        "",
+        f"{training['epochs_run']} epochs on {training['world_size']} process(es) ({training['device']}), best "
+        f"epoch {training['best_epoch']}, {training['samples_per_second']:,} samples/s; training set read through "
+        f"Feast ({training['offline_store']} offline store) in {training['retrieval_seconds']} s.",
+        "",
+        "![training curves](training.png)",
+        "",
+        "```",
+        *table,
+        "```",
+        "",
+    ]
+    write_text(out / "report.md", "\n".join(lines))

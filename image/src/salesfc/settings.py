@@ -1,0 +1,280 @@
+"""Every setting salesfc has, in one table.
+
+Each setting is a command-line flag with a ``SALESFC_*`` environment fallback (flag > environment > default).
+The Helm chart only sets environment variables, the local runner only passes flags, and both are read here and
+nowhere else. The one exception is the database password: it is read from ``SALESFC_PG_PASSWORD`` only, because a
+password on a command line is visible to every user of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_PREFIX = "SALESFC_"
+PASSWORD_ENV = "SALESFC_PG_PASSWORD"
+
+ALL = ("prep", "train", "infer", "check", "demo")
+PREP = ("prep", "demo")
+TRAIN = ("train", "demo")
+INFER = ("infer", "demo")
+RUN = ("train", "infer", "check", "demo")
+
+
+class SettingError(ValueError):
+    """A setting has a value it cannot take; the message names the flag and the variable."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a number greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number of at least 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError("must be a number from 0 up to (not including) 1")
+    return value
+
+
+def layer_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated whole numbers, e.g. 256,128,64") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError("must be comma-separated whole numbers of at least 1, e.g. 256,128,64")
+    return sizes
+
+
+def run_id(text: str) -> str:
+    # Run ids become directory names and Kubernetes object names: keep them to an RFC 1035 label.
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
+        raise ValueError("must be lower-case letters, digits and '-', start and end with a letter or digit, "
+                         "63 characters at most")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ALL
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, text: str, origin: str) -> Any:
+        if self.choices and text not in self.choices:
+            raise SettingError(f"{origin}: {text!r} is not one of {', '.join(self.choices)}")
+        try:
+            return self.type(text)
+        except ValueError as err:
+            reason = str(err)
+            if reason.startswith(("invalid literal", "could not convert")):  # int()/float()'s own wording
+                reason = "must be a whole number" if "int()" in reason else "must be a number"
+            raise SettingError(f"{origin}: {text!r} {reason}") from None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Where things live.
+    Setting("workdir", "Shared working directory: data/, feast/, models/<run-id>/ and reports/ live under it.",
+            "salesfc-work"),
+    Setting("feature_repo", "Feast feature repository (definitions.py and the feature_store*.yaml files). "
+            "Default: the one installed with salesfc (the image's, or the checkout's feature_repo/)."),
+    Setting("feature_store", "Feast configuration: 'local' (file registry, DuckDB offline store over parquet, "
+            "SQLite online store; needs no server), 'postgres' (registry, offline and online store in PostgreSQL, "
+            "see --pg-*), or the path of a feature_store.yaml.", "local"),
+    Setting("pg_host", "PostgreSQL host for the 'postgres' feature store (and for any feature_store.yaml that "
+            "uses ${SALESFC_PG_HOST}). The password comes from the environment variable SALESFC_PG_PASSWORD.",
+            "localhost"),
+    Setting("pg_port", "PostgreSQL port (see --pg-host).", 5432, positive_int),
+    Setting("pg_database", "PostgreSQL database holding the registry and the stores.", "salesfc"),
+    Setting("pg_user", "PostgreSQL user (its password: SALESFC_PG_PASSWORD).", "salesfc"),
+    Setting("pg_sslmode", "PostgreSQL TLS mode (libpq sslmode).", "prefer",
+            choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    Setting("wait_timeout", "Seconds to wait for this stage's inputs (database, prepared data, model) before "
+            "failing; 0 checks once.", 0.0, non_negative_float),
+    Setting("log_level", "Logging level of salesfc (libraries log warnings only).", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # prep
+    Setting("source", "Raw data: 'synthetic' (generated, Walmart-shaped, knows its noise floor) or 'kaggle' "
+            "(train.csv, features.csv, stores.csv from --kaggle-dir).", "synthetic",
+            choices=("synthetic", "kaggle"), commands=PREP),
+    Setting("kaggle_dir", "Folder with the Kaggle 'Walmart Recruiting - Store Sales Forecasting' CSVs "
+            "(plain or .zip).", commands=PREP),
+    Setting("size", "Synthetic data size: tiny (~5K rows, seconds), small (~50K rows) or full (~420K rows, "
+            "the size of the real data).", "full", choices=("tiny", "small", "full"), commands=PREP),
+    Setting("data_seed", "Seed of the synthetic data generator.", 7, int, commands=PREP),
+    Setting("data_id", "A name for the data prep makes (prep records it in data/prep.json); train and infer wait "
+            "until the prepared data carries it. The chart sets it from its data values, so a retrain after an "
+            "upgrade never starts on the data of the release before.", commands=("prep", "train", "infer", "demo")),
+    # train / infer / check
+    Setting("run_id", "Model run: models/<run-id>/ under the workdir. train: default a new id from the clock; "
+            "infer and check: default the latest finished run.", type=run_id, commands=RUN),
+    Setting("epochs", "Maximum training epochs.", 40, positive_int, commands=TRAIN),
+    Setting("batch_size", "Global batch size, split across all processes (smaller on small data, so that an "
+            "epoch has at least 32 steps).", 4096, positive_int, commands=TRAIN),
+    Setting("lr", "Peak learning rate (AdamW; linear warm-up for one epoch, then cosine decay).", 3e-3,
+            positive_float, commands=TRAIN),
+    Setting("weight_decay", "AdamW weight decay (L2 pull of the weights towards 0).", 1e-4, non_negative_float,
+            commands=TRAIN),
+    Setting("hidden", "MLP hidden layer sizes.", (256, 128, 64), layer_sizes, commands=TRAIN),
+    Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
+    Setting("embed_dim", "Size of the store and department embeddings.", 8, positive_int, commands=TRAIN),
+    Setting("patience", "Early stopping: epochs without a better validation loss before stopping.", 6,
+            positive_int, commands=TRAIN),
+    Setting("grad_clip", "Gradient clipping: maximum global norm (0 turns it off).", 1.0, non_negative_float,
+            commands=TRAIN),
+    Setting("seed", "Training seed (weights, shuffling).", 0, int, commands=TRAIN),
+    Setting("val_weeks", "Weeks before the held-out test weeks used for early stopping.", 13, positive_int,
+            commands=TRAIN),
+    Setting("test_weeks", "Final weeks held out from training and model selection; infer evaluates on them.",
+            26, positive_int, commands=TRAIN),
+    Setting("device", "Training device: auto (CUDA when present), cpu or cuda.", "auto",
+            choices=("auto", "cpu", "cuda"), commands=TRAIN),
+    Setting("amp", "Mixed precision (bf16 autocast): auto (on for CUDA), on or off.", "auto",
+            choices=("auto", "on", "off"), commands=TRAIN),
+    Setting("nproc_per_node", "Training processes to start on this machine when not already under torchrun "
+            "(the TrainJob sets its own through torchrun). Default: 1 for train, 2 for demo.",
+            type=positive_int, commands=TRAIN),
+    Setting("plot_series", "How many series to plot (forecast against actual) in the report.", 6,
+            non_negative_int, commands=INFER),
+    Setting("max_wmae_ratio", "check: fail when the model's WMAE exceeds this multiple of the best naive "
+            "baseline's WMAE on the held-out weeks.", 1.0, positive_float, commands=("check",)),
+)
+
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+ENV_NAMES = frozenset({setting.env for setting in SETTINGS} | {PASSWORD_ENV})
+
+
+def for_command(command: str) -> tuple[Setting, ...]:
+    return tuple(setting for setting in SETTINGS if command in setting.commands)
+
+
+def add_to_parser(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the command's settings as flags. Defaults are resolved later, so that --help shows the plain default."""
+    for setting in for_command(command):
+        shown = setting.default
+        if isinstance(shown, tuple):
+            shown = ",".join(str(part) for part in shown)
+        default_text = "" if shown is None else f" Default: {shown}."
+        choices_text = f" One of: {', '.join(setting.choices)}." if setting.choices else ""
+        parser.add_argument(setting.flag, dest=setting.name, default=None, metavar=setting.name.upper(),
+                            help=f"{setting.help}{choices_text}{default_text} Env: {setting.env}.")
+
+
+def resolve(namespace: argparse.Namespace, command: str, environ: os._Environ | dict | None = None) -> dict:
+    """Flag, then environment, then default: returns {name: typed value} for the command's settings."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in for_command(command):
+        raw = getattr(namespace, setting.name, None)
+        if raw is not None:
+            values[setting.name] = setting.parse(raw, setting.flag)
+        elif environ.get(setting.env, "") != "":
+            values[setting.name] = setting.parse(environ[setting.env], f"{setting.env} (environment)")
+        else:
+            values[setting.name] = setting.default
+    return values
+
+
+def unknown_environment(environ: os._Environ | dict | None = None) -> list[str]:
+    """SALESFC_* variables that no setting reads: almost always a typo in a chart or a shell profile."""
+    environ = os.environ if environ is None else environ
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in ENV_NAMES)
+
+
+def password(environ: os._Environ | dict | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get(PASSWORD_ENV, "")
+
+
+def as_flags(values: dict, command: str) -> list[str]:
+    """The flags that reproduce ``values`` for ``command``: how a launcher passes its settings to child processes."""
+    flags: list[str] = []
+    for setting in for_command(command):
+        value = values.get(setting.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(str(part) for part in value)
+        flags += [setting.flag, str(value)]
+    return flags
+
+
+def fail(message: str, code: int = 2):
+    print(f"salesfc: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class Config:
+    """The resolved settings of one command, as attributes (``config.epochs``), plus what follows from them."""
+
+    def __init__(self, command: str, values: dict):
+        self.command = command
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"setting {name!r} does not apply to 'salesfc {self.command}'") from None
+
+    @classmethod
+    def defaults(cls, command: str, **changes: Any) -> "Config":
+        """The command's settings as if no flag or variable were given, with ``changes`` (for code calling stages)."""
+        return cls(command, {**{s.name: s.default for s in for_command(command)}, **changes})
+
+    def values(self) -> dict:
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> "Config":
+        return Config(self.command, {**self._values, **changes})
+
+    def for_command(self, command: str) -> "Config":
+        """The same settings seen by another command (demo runs prep, train and infer with its own)."""
+        return Config(command, {s.name: self._values.get(s.name, s.default) for s in for_command(command)})
+
+    @property
+    def workspace(self):
+        from pathlib import Path
+
+        from salesfc.workspace import Workspace
+
+        return Workspace(Path(self._values["workdir"]).absolute())

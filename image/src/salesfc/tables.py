@@ -1,0 +1,83 @@
+"""The tables `prep` writes and everything downstream reads, and where each offline store keeps them.
+
+Three tables, one row per week:
+* ``sales_history`` (per store department): the lagged sales features, source of ``sales_history_features``;
+* ``store_context`` (per store): calendar, weather, economy, markdowns, source of ``store_external_features``;
+* ``labels`` (per store department): the sales actually reported. Not a feature source: training passes these rows
+  to Feast as the entity rows, so the target travels beside the features and never through them.
+
+With the DuckDB offline store the tables are parquet files under ``<workdir>/data``; with the PostgreSQL offline
+store they are tables named ``salesfc_<table>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SALES_HISTORY = "sales_history"
+STORE_CONTEXT = "store_context"
+LABELS = "labels"
+TABLES = (SALES_HISTORY, STORE_CONTEXT, LABELS)
+TIMESTAMP = "event_timestamp"
+PG_PREFIX = "salesfc_"
+
+# Departments are numbered below this, so store * DEPT_BASE + dept is a unique single-column key.
+DEPT_BASE = 1000
+
+
+def store_dept(store, dept):
+    """The single join key of a store's department (see feature_repo/definitions.py for why it is one column)."""
+    return np.asarray(store, dtype=np.int64) * DEPT_BASE + np.asarray(dept, dtype=np.int64)
+
+
+def split_store_dept(key) -> tuple[np.ndarray, np.ndarray]:
+    key = np.asarray(key, dtype=np.int64)
+    return key // DEPT_BASE, key % DEPT_BASE
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the offline store reads the tables: 'file' (parquet in data_dir) or 'postgres'."""
+
+    kind: str
+    data_dir: Path
+
+    def parquet(self, table: str) -> Path:
+        return self.data_dir / f"{table}.parquet"
+
+    @staticmethod
+    def pg_table(table: str) -> str:
+        return PG_PREFIX + table
+
+
+_location: Location | None = None
+
+
+def set_location(location: Location) -> None:
+    global _location
+    _location = location
+
+
+def batch_source(table: str):
+    """The Feast batch source of ``table`` for the offline store in use (set by salesfc before it loads the repo)."""
+    if _location is None:
+        raise RuntimeError(
+            "feature_repo/definitions.py is applied by `salesfc prep`, which gives it the batch sources of the "
+            "configured offline store; run that instead of `feast apply`"
+        )
+    if _location.kind == "postgres":
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(name=table, table=Location.pg_table(table), timestamp_field=TIMESTAMP)
+    from feast import FileSource
+
+    return FileSource(name=table, path=str(_location.parquet(table).resolve()), timestamp_field=TIMESTAMP)
+
+
+def utc_weeks(dates) -> pd.Series:
+    """Dates as tz-aware UTC midnight timestamps in microseconds: what both offline stores compare correctly."""
+    return pd.to_datetime(pd.Series(dates), utc=True).dt.normalize().astype("datetime64[us, UTC]")

@@ -1,0 +1,371 @@
+"""train: DistributedDataParallel training of the forecaster, one process per GPU (or CPU slot).
+
+Started three ways: ``salesfc train`` (one process), ``salesfc train --nproc-per-node N`` (starts torchrun for N
+local processes), or ``torchrun -m salesfc train`` (what the TrainJob runs; torchrun reads the PET_* variables
+the Kubeflow Trainer sets, so one node or many).
+
+Rank 0 reads the training set through Feast once, fits the preprocessing on training rows only, and broadcasts
+the arrays; every rank keeps them on its device and trains on its own shard of each epoch's shuffle, drawing
+batches by indexing those tensors (no DataLoader, no per-sample Python). Validation sums are all-reduced, so
+every rank sees the same validation loss and stops at the same epoch. Rank 0 writes a checkpoint every epoch
+(``checkpoint.pt``, for resuming after a restart) and the best epoch so far (``model.pt``), both atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from salesfc import distributed, metrics, settings
+from salesfc import model as model_lib
+from salesfc.dataset import Preprocessor, Split
+from salesfc.errors import UserError
+from salesfc.tables import TIMESTAMP
+from salesfc.workspace import read_json, wait_for_manifest, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+# In units of the row's scale. Small: the loss is nearly absolute error, so the model learns the median of next
+# week's sales (what WMAE rewards), not the mean, which right-skewed sales pull upwards.
+HUBER_DELTA = 0.02
+WARMUP_EPOCHS = 1
+# Validation and checkpoints use an exponential moving average of the weights: it smooths the epoch-to-epoch
+# noise of a small batch, so early stopping and the saved model depend much less on the seed.
+EMA_DECAY = 0.998
+MIN_STEPS_PER_EPOCH = 32  # small data: a smaller batch rather than an epoch of 3 steps
+LOSS_SUMS = 2       # weighted loss, weight
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+
+
+def run(config) -> int:
+    nproc = config.nproc_per_node or 1
+    if nproc > 1 and not distributed.under_torchrun():
+        return launch(config, nproc)
+    return train(config)
+
+
+def launch(config, nproc: int) -> int:
+    """Start torchrun with ``nproc`` local workers, passing this command's settings on as flags."""
+    values = config.values()
+    values["run_id"] = config.run_id or new_run_id()  # every worker must write the same run
+    values["nproc_per_node"] = 1
+    # --local-addr: workers on this machine meet on the loopback address. Without it torchrun advertises the
+    # hostname, and where that does not resolve (containers without an /etc/hosts entry) they wait 5 minutes.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1",
+               f"--nproc-per-node={nproc}", "-m", "salesfc", "train", *settings.as_flags(values, "train")]
+    log.info("starting %d training processes: torchrun --nproc-per-node=%d -m salesfc train", nproc, nproc)
+    env = dict(os.environ)
+    # torchrun would set 1 thread per process (and say so); share this machine's cores between them instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(command, env=env)
+
+
+def make_optimizer(network: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, with its fused kernel where this torch has one for the device (one kernel instead of a dozen per step)."""
+    try:
+        return torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+class Trainer:
+    def __init__(self, config, context: distributed.Context, run_dir, arrays: dict, meta: dict):
+        self.config, self.context, self.run_dir, self.meta = config, context, run_dir, meta
+        self.device = context.device
+        torch.manual_seed(config.seed)
+        self.model_config = meta["model_config"]
+        network = model_lib.build(self.model_config).to(self.device)
+        # The graph is the same at every step: DDP can skip its per-step search for unused parameters, and
+        # gradients can live in its all-reduce buckets instead of being copied into them.
+        self.network = (DistributedDataParallel(network, static_graph=True, gradient_as_bucket_view=True)
+                        if context.distributed else network)
+        self.raw_network = network
+        self.average = model_lib.build(self.model_config).to(self.device)
+        self.average.load_state_dict(network.state_dict())
+        self.average.requires_grad_(False)
+        self.average_steps = 0
+        self.optimizer = make_optimizer(network, config.lr, config.weight_decay)
+        self.arrays = arrays
+        self.train_rows = int(arrays["train_numeric"].shape[0])
+        per_rank_rows = self.train_rows // context.world_size
+        self.per_rank_batch = max(1, min(config.batch_size // context.world_size,
+                                         per_rank_rows // MIN_STEPS_PER_EPOCH))
+        self.steps_per_epoch = max(1, self.train_rows // context.world_size // self.per_rank_batch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
+        self.epoch = 0
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    # -- schedule and loss -----------------------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        warmup = WARMUP_EPOCHS * self.steps_per_epoch
+        if step < warmup:
+            return self.config.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    @staticmethod
+    def loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        error = torch.nn.functional.huber_loss(prediction.float(), target, reduction="none", delta=HUBER_DELTA)
+        return (error * weight).mean()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_amp else nullcontext()
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def shard(self, epoch: int) -> torch.Tensor:
+        """This rank's rows of the epoch's shuffle: the same permutation on every rank, cut in equal parts."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(self.train_rows, generator=generator)
+        per_rank = self.steps_per_epoch * self.per_rank_batch
+        start = self.context.rank * per_rank
+        return order[start:start + per_rank].to(self.device)
+
+    def train_epoch(self, epoch: int, progress) -> float:
+        self.network.train()
+        rows = self.shard(epoch)
+        # One gather of this rank's shuffled rows per epoch; each step then takes a contiguous slice of it.
+        shuffled = {name: self.arrays[f"train_{name}"][rows] for name in ("numeric", "categories", "target", "weight")}
+        totals = torch.zeros(LOSS_SUMS, device=self.device)
+        for step in range(self.steps_per_epoch):
+            batch = {name: values[step * self.per_rank_batch:(step + 1) * self.per_rank_batch]
+                     for name, values in shuffled.items()}
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(epoch * self.steps_per_epoch + step)
+            with self.autocast():
+                prediction = self.network(batch["numeric"], batch["categories"])
+            loss = self.loss(prediction, batch["target"], batch["weight"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.update_average()
+            totals[0] += loss.detach()
+            totals[1] += 1
+            if progress is not None:
+                progress.update(1)
+        totals = self.context.all_reduce_sum(totals)
+        return float(totals[0] / totals[1])
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        # Short memory at first (small data may only ever take a few hundred steps), EMA_DECAY after that.
+        self.average_steps += 1
+        decay = min(EMA_DECAY, (1 + self.average_steps) / (10 + self.average_steps))
+        torch._foreach_lerp_(list(self.average.parameters()), list(self.raw_network.parameters()), 1 - decay)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Loss and dollar metrics on the validation weeks, identical on every rank."""
+        self.average.eval()
+        a = self.arrays
+        n = a["val_numeric"].shape[0]
+        per_rank = math.ceil(n / self.context.world_size)
+        lo, hi = self.context.rank * per_rank, min(n, (self.context.rank + 1) * per_rank)
+        loss_sum = torch.zeros(LOSS_SUMS, device=self.device, dtype=torch.float64)
+        parts = []
+        for start in range(lo, hi, 65_536):
+            end = min(hi, start + 65_536)
+            with self.autocast():
+                prediction = self.average(a["val_numeric"][start:end], a["val_categories"][start:end]).float()
+            error = torch.nn.functional.huber_loss(prediction, a["val_target"][start:end], reduction="none",
+                                                   delta=HUBER_DELTA)
+            loss_sum[0] += (error * a["val_weight"][start:end]).sum().double()
+            loss_sum[1] += end - start
+            dollars = prediction.double() * a["val_scale"][start:end]
+            actual = a["val_target"][start:end].double() * a["val_scale"][start:end]
+            parts.append(metrics.sums(actual.cpu().numpy(), dollars.cpu().numpy(),
+                                      a["val_holiday"][start:end].cpu().numpy()))
+        local = np.sum(parts, axis=0) if parts else np.zeros(9)
+        sums = self.context.all_reduce_sum(torch.cat([loss_sum, torch.tensor(local, device=self.device)]))
+        result = metrics.finish(sums[LOSS_SUMS:].cpu().numpy())
+        result["loss"] = float(sums[0] / sums[1])
+        return result
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        """MODEL_STATE is the averaged network (the one validated); TRAIN_STATE the raw one, for resuming."""
+        return {"MODEL_STATE": self.average.state_dict(), "TRAIN_STATE": self.raw_network.state_dict(),
+                "OPTIMIZER_STATE": self.optimizer.state_dict(),
+                "EPOCH": epoch, "VAL_LOSS": self.best_loss, "BEST_EPOCH": self.best_epoch,
+                "MODEL_CONFIG": self.model_config, "HISTORY": self.history, "RUN": self.meta["run"]}
+
+    def resume(self) -> None:
+        path = self.run_dir / "checkpoint.pt"
+        found = self.context.agree(path.exists())
+        if not found:
+            return
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        if checkpoint["MODEL_CONFIG"] != self.model_config or checkpoint.get("RUN") != self.meta["run"]:
+            raise UserError(f"{path} was written with other settings; use a new --run-id or delete {self.run_dir}")
+        self.raw_network.load_state_dict(checkpoint["TRAIN_STATE"])
+        self.average.load_state_dict(checkpoint["MODEL_STATE"])
+        self.optimizer.load_state_dict(checkpoint["OPTIMIZER_STATE"])
+        self.epoch = checkpoint["EPOCH"] + 1
+        self.average_steps = self.epoch * self.steps_per_epoch
+        self.best_loss, self.best_epoch = checkpoint["VAL_LOSS"], checkpoint["BEST_EPOCH"]
+        self.history = list(checkpoint["HISTORY"])
+        log.info("resuming %s from epoch %d (best validation loss %.4f at epoch %d)", self.run_dir.name,
+                 self.epoch + 1, self.best_loss, self.best_epoch + 1)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.resume()
+        progress = None
+        if self.context.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.steps_per_epoch * self.config.epochs, initial=self.epoch * self.steps_per_epoch,
+                            unit="step", leave=False)
+        started = time.perf_counter()
+        samples = 0
+        for epoch in range(self.epoch, self.config.epochs):
+            tick = time.perf_counter()
+            train_loss = self.train_epoch(epoch, progress)
+            seconds = time.perf_counter() - tick
+            samples += self.steps_per_epoch * self.per_rank_batch * self.context.world_size
+            val = self.validate()
+            improved = val["loss"] < self.best_loss
+            if improved:
+                self.best_loss, self.best_epoch = val["loss"], epoch
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                      "val_rmse": val["rmse"], "val_wmae": val["wmae"], "val_mape": val["mape"],
+                      "seconds": round(seconds, 3), "lr": self.learning_rate((epoch + 1) * self.steps_per_epoch - 1)}
+            self.history.append(record)
+            message = (f"epoch {epoch + 1}/{self.config.epochs} train_loss {train_loss:.4f} val_loss "
+                       f"{val['loss']:.4f} val_rmse ${val['rmse']:,.0f} val_wmae ${val['wmae']:,.0f} val_mape "
+                       f"{val['mape']:.2f}% lr {record['lr']:.2e} {seconds:.1f}s "
+                       f"({self.steps_per_epoch * self.per_rank_batch * self.context.world_size / seconds:,.0f}"
+                       f" samples/s){' *' if improved else ''}")
+            if progress is not None:
+                progress.write(message)
+            log.info(message)
+            if self.context.is_main:
+                if improved:
+                    model_lib.save(self.run_dir / "model.pt", self.state(epoch))
+                model_lib.save(self.run_dir / "checkpoint.pt", self.state(epoch))
+            stop = epoch - self.best_epoch >= self.config.patience
+            if self.context.agree(stop):
+                log.info("early stopping: no better validation loss for %d epochs", self.config.patience)
+                break
+        if progress is not None:
+            progress.close()
+        elapsed = time.perf_counter() - started
+        return {"best_epoch": self.best_epoch + 1, "best_val_loss": self.best_loss, "epochs_run": len(self.history),
+                "train_seconds": round(elapsed, 2), "samples_per_second": round(samples / elapsed) if elapsed else None}
+
+
+def load_training_arrays(config, manifest: dict) -> tuple[dict, dict, Preprocessor, Split]:
+    """Rank 0: the training set through Feast, split by date, preprocessed. Returns numpy arrays and metadata."""
+    from salesfc import feature_store
+
+    store = feature_store.open_store(config)
+    tick = time.perf_counter()
+    frame = feature_store.historical_features(store)
+    retrieval_seconds = time.perf_counter() - tick
+    current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
+    if current is None or current["fingerprint"] != manifest["fingerprint"]:
+        raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
+    log.info("read %d training rows through Feast (%s offline store) in %.1f s", len(frame), store.location.kind,
+             retrieval_seconds)
+    split = Split.from_weeks(frame[TIMESTAMP], config.val_weeks, config.test_weeks)
+    part = split.part(frame[TIMESTAMP])
+    preprocessor = Preprocessor.fit(frame[part == 0])
+    arrays = {}
+    for name, code in (("train", 0), ("val", 1)):
+        rows = frame[part == code]
+        batch = preprocessor.transform(rows)
+        arrays.update({f"{name}_numeric": batch.numeric, f"{name}_categories": batch.categories,
+                       f"{name}_target": batch.target, f"{name}_weight": batch.weight})
+        if name == "val":
+            arrays["val_scale"] = batch.scale
+            arrays["val_holiday"] = rows["is_holiday"].to_numpy(dtype=np.float64)
+    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind,
+            "rows": {"train": int((part == 0).sum()), "val": int((part == 1).sum()), "test": int((part == 2).sum())}}
+    return arrays, info, preprocessor, split
+
+
+def share_arrays(context: distributed.Context, arrays: dict | None) -> dict:
+    """Broadcast rank 0's numpy arrays to every rank as tensors on its device."""
+    layout = context.broadcast_json({k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
+                                    if context.is_main else None)
+    shared = {}
+    for name, (shape, dtype) in layout.items():
+        torch_dtype = getattr(torch, dtype)
+        tensor = torch.from_numpy(arrays[name]) if context.is_main else None
+        shared[name] = context.broadcast_tensor(tensor, tuple(shape), torch_dtype)
+    return shared
+
+
+def train(config) -> int:
+    manifest = wait_for_manifest(config.workspace, config.data_id, config.wait_timeout)
+    context = distributed.setup(config.device)
+    try:
+        return _train(config, context, manifest)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(config, context: distributed.Context, manifest: dict) -> int:
+    workspace = config.workspace
+    run_id = context.broadcast_json(config.run_id or new_run_id())  # rank 0's clock names the run
+    run_dir = workspace.run_dir(run_id)
+    summary_path = run_dir / "training.json"
+    if context.agree(summary_path.exists()):
+        log.info("run %s has already finished training (%s); nothing to do", run_id, summary_path)
+        return 0
+    started = time.perf_counter()
+
+    arrays = meta = None
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        numpy_arrays, info, preprocessor, split = load_training_arrays(config, manifest)
+        model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
+                                              config.embed_dim, config.hidden, config.dropout)
+        run_settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
+                        if k in {s.name for s in settings.for_command("train")}
+                        and k not in {"workdir", "feature_repo", "wait_timeout", "log_level", "nproc_per_node"}}
+        meta = {"model_config": model_config, "split": split.to_json(), "info": info,
+                "run": {"data": manifest["fingerprint"], "settings": run_settings, "world_size": context.world_size}}
+        write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(),
+                                                  "data": manifest["fingerprint"]})
+        arrays = numpy_arrays
+    meta = context.broadcast_json(meta)
+    shared = share_arrays(context, arrays)
+    trainer = Trainer(config, context, run_dir, shared, meta)
+    if context.is_main:
+        log.info("training %s: %d train rows, %d validation rows, %d processes on %s, batch %d per process, %d "
+                 "steps per epoch", run_id, trainer.train_rows, shared["val_numeric"].shape[0], context.world_size,
+                 context.device, trainer.per_rank_batch, trainer.steps_per_epoch)
+    result = trainer.fit()
+    if context.is_main:
+        summary = {"run_id": run_id, "status": "finished", **result, **meta["info"], "split": meta["split"],
+                   "model_config": meta["model_config"], "settings": meta["run"]["settings"],
+                   "world_size": context.world_size, "device": str(context.device),
+                   "flops_per_sample": model_lib.flops_per_sample(meta["model_config"]),
+                   "history": trainer.history, "total_seconds": round(time.perf_counter() - started, 2)}
+        write_json(summary_path, summary)
+        write_text(workspace.models / "LATEST", run_id + "\n")
+        best = trainer.history[result["best_epoch"] - 1]
+        print(f"train: run {run_id} finished: best epoch {result['best_epoch']} of {result['epochs_run']}, "
+              f"validation WMAE ${best['val_wmae']:,.0f}, MAPE {best['val_mape']:.2f}%; "
+              f"{result['samples_per_second']:,} samples/s on {context.world_size} x {context.device}")
+        print(f"train: model {run_dir / 'model.pt'}")
+    context.barrier()
+    return 0

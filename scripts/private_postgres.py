@@ -1,0 +1,98 @@
+"""A private, throwaway PostgreSQL server for the tests and the benchmarks.
+
+It runs from the Debian ``postgresql`` package that scripts/setup.sh --test installs, with its own data
+directory, port and generated password, durability off (fsync, synchronous_commit: nothing here must survive a
+crash), and is removed when the ``private_server()`` block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    bindir: Path
+
+    def env(self, database: str) -> dict:
+        """The settings salesfc reads, pointing at ``database`` on this server."""
+        return {"SALESFC_PG_HOST": self.host, "SALESFC_PG_PORT": str(self.port), "SALESFC_PG_DATABASE": database,
+                "SALESFC_PG_USER": self.user, "SALESFC_PG_PASSWORD": self.password, "SALESFC_PG_SSLMODE": "disable"}
+
+    def connect(self, database: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               dbname=database, autocommit=True)
+
+    def create_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL is not installed: run `bash scripts/setup.sh --test` (installs postgresql)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+
+@contextlib.contextmanager
+def private_server() -> Iterator[PostgresServer]:
+    bindir = _pg_bindir()
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="salesfc-pg-"))
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    password = secrets.token_urlsafe(16)
+    (root / "pwfile").write_text(password + "\n")
+    # initdb refuses to run as root: run the server as the package's postgres user then.
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        for path in (root, sockets, root / "pwfile"):
+            shutil.chown(path, "postgres")
+    try:
+        _run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "salesfc", "--auth=scram-sha-256",
+              f"--pwfile={root / 'pwfile'}", "-E", "UTF8"])
+        port = _free_port()
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        _run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+              "start"])
+        yield PostgresServer("127.0.0.1", port, "salesfc", password, bindir)
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""The local pipeline end to end, on the embedded default store (no server), as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from helpers import one_error_line, tree_digest
+
+from salesfc.data import synthetic
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, run_salesfc):
+    """`salesfc demo` on tiny data: prep, train with 2 processes (DDP over gloo), infer."""
+    workdir = tmp_path_factory.mktemp("demo")
+    result = run_salesfc("demo", "--size", "tiny", "--workdir", str(workdir), "--run-id", "tiny-demo")
+    return workdir, result
+
+
+def test_demo_writes_every_artifact(demo):
+    workdir, result = demo
+    run = workdir / "models" / "tiny-demo"
+    report = workdir / "reports" / "tiny-demo"
+    for path in (workdir / "data" / "prep.json", run / "model.pt", run / "checkpoint.pt", run / "preprocess.json",
+                 run / "training.json", report / "predictions.parquet", report / "holdout_predictions.parquet",
+                 report / "metrics.json", report / "report.md", report / "error_by_week.png",
+                 report / "forecast_vs_actual.png"):
+        assert path.is_file(), path
+    assert (workdir / "models" / "LATEST").read_text().strip() == "tiny-demo"
+    assert not list(workdir.rglob("*.pkl")) and not list(workdir.rglob(".*.tmp"))
+    for stage in ("prep", "train", "infer"):
+        assert f"== salesfc {stage}" in result.stdout
+    assert "demo: prep" in result.stdout and "total" in result.stdout
+
+
+def test_training_ran_two_ranks_that_agreed(demo):
+    workdir, result = demo
+    training = json.loads((workdir / "models" / "tiny-demo" / "training.json").read_text())
+    assert training["world_size"] == 2 and training["status"] == "finished"
+    # Each rank logs each epoch; both ranks ran exactly the same epochs (they agree on when to stop).
+    epochs = {rank: [line for line in result.stderr.splitlines() if f"[rank {rank}]" in line and " epoch " in line]
+              for rank in (0, 1)}
+    assert len(epochs[0]) == len(epochs[1]) == training["epochs_run"]
+    val_losses = [line.split("val_loss ")[1].split()[0] for line in epochs[0]]
+    assert val_losses == [line.split("val_loss ")[1].split()[0] for line in epochs[1]]
+
+
+def test_metrics_have_the_promised_shape_and_the_model_beats_naive_forecasts(demo):
+    workdir, _ = demo
+    metrics = json.loads((workdir / "reports" / "tiny-demo" / "metrics.json").read_text())
+    expected_baselines = {"last_value", "seasonal_naive", "moving_average_4", "series_mean",
+                          "gradient_boosted_trees"}
+    assert set(metrics["baselines"]) == expected_baselines
+    for entry in [metrics["model"], metrics["noise_floor"], *metrics["baselines"].values()]:
+        assert {"mae", "rmse", "wmae", "mape", "r2", "n_rows"} <= set(entry)
+        assert entry["n_rows"] == metrics["model"]["n_rows"] > 0
+    model = metrics["model"]["wmae"]
+    assert model < metrics["baselines"]["last_value"]["wmae"]
+    assert model < metrics["baselines"]["seasonal_naive"]["wmae"]
+    assert metrics["noise_floor"]["wmae"] < model
+
+
+def test_next_week_forecast_covers_every_active_series(demo):
+    workdir, _ = demo
+    manifest = json.loads((workdir / "data" / "prep.json").read_text())
+    forecast = pd.read_parquet(workdir / "reports" / "tiny-demo" / "predictions.parquet")
+    assert len(forecast) == len(manifest["forecast_series"])
+    assert (forecast["week"] == pd.Timestamp(manifest["next_week"], tz="UTC")).all()
+    assert forecast["predicted_sales"].notna().all()
+
+
+def test_check_passes_and_fails_for_the_right_reason(demo, run_salesfc):
+    workdir, _ = demo
+    # Tiny data is 45 series: enough to beat last value and seasonal naive (asserted above), not always the
+    # 4-week average that the default gate (1 x the best naive baseline) holds full-size deployments to.
+    ok = run_salesfc("check", "--workdir", str(workdir), "--max-wmae-ratio", "1.5")
+    assert "check: 7 of 7 passed" in ok.stdout
+    strict = run_salesfc("check", "--workdir", str(workdir), "--max-wmae-ratio", "0.01", check=False)
+    assert strict.returncode == 1
+    assert "FAIL metrics: model WMAE" in strict.stdout
+    missing = run_salesfc("check", "--workdir", str(workdir), "--run-id", "no-such-run", check=False)
+    assert missing.returncode == 1 and "FAIL model" in missing.stdout
+
+
+def test_prep_twice_changes_nothing(tmp_path, run_salesfc):
+    args = ("prep", "--size", "tiny", "--workdir", str(tmp_path))
+    run_salesfc(*args)
+    first = tree_digest(tmp_path / "data")
+    online = sqlite3.connect(tmp_path / "feast" / "online_store.db")
+    tables = [name for (name,) in online.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    counts = {t: online.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    online.close()
+    run_salesfc(*args)
+    assert tree_digest(tmp_path / "data") == first
+    online = sqlite3.connect(tmp_path / "feast" / "online_store.db")
+    assert {t: online.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables} == counts
+    assert sum(counts.values()) > 0
+
+
+def test_bad_input_gives_one_error_and_changes_nothing(tmp_path, run_salesfc):
+    workdir = tmp_path / "work"
+    run_salesfc("prep", "--size", "tiny", "--workdir", str(workdir))
+    before = tree_digest(workdir)
+    csvs = tmp_path / "kaggle"
+    synthetic.to_kaggle_csvs(synthetic.generate("tiny"), csvs)
+    lines = (csvs / "train.csv").read_text().split("\n")
+    fields = lines[3].split(",")
+    fields[3] = "12,5"  # a decimal comma: one more column on that row
+    lines[3] = ",".join(fields[:3]) + ',"12,5",' + ",".join(fields[4:])
+    (csvs / "train.csv").write_text("\n".join(lines))
+
+    bad = run_salesfc("prep", "--source", "kaggle", "--kaggle-dir", str(csvs), "--workdir", str(workdir),
+                      check=False)
+    assert bad.returncode == 1
+    assert "train.csv, column Weekly_Sales, row 4: '12,5' is not a number" in one_error_line(bad.stderr)
+    assert "Traceback" not in bad.stderr
+
+    no_dir = run_salesfc("prep", "--source", "kaggle", "--workdir", str(workdir), check=False)
+    assert no_dir.returncode == 1 and "needs --kaggle-dir" in one_error_line(no_dir.stderr)
+    unknown = run_salesfc("prep", "--sise", "tiny", "--workdir", str(workdir), check=False)
+    assert unknown.returncode == 2 and "unrecognized arguments: --sise" in one_error_line(unknown.stderr)
+    assert tree_digest(workdir) == before
+
+
+def test_a_missing_database_is_one_clear_error(tmp_path, run_salesfc):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    result = run_salesfc("prep", "--size", "tiny", "--workdir", str(tmp_path), "--feature-store", "postgres",
+                         "--pg-host", "127.0.0.1", "--pg-port", str(port), check=False)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"PostgreSQL salesfc@127.0.0.1:{port}/salesfc" in line and "refused" in line.lower()
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_training_resumes_from_its_checkpoint_after_a_crash(tmp_path, run_salesfc):
+    run_salesfc("prep", "--size", "tiny", "--workdir", str(tmp_path))
+    args = [sys.executable, "-m", "salesfc", "train", "--workdir", str(tmp_path), "--run-id", "crashy",
+            "--epochs", "150", "--patience", "150"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = tmp_path / "models" / "crashy" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few more epochs
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "models" / "crashy" / "training.json").exists()
+
+    import torch
+
+    saved = torch.load(checkpoint, weights_only=True)["EPOCH"]  # 0-based: the last epoch it finished
+    assert saved < 149, "the run finished before it could be interrupted"
+    resumed = run_salesfc(*args[3:])  # the same command again, as a Job's restart would
+    assert f"resuming crashy from epoch {saved + 2}" in resumed.stderr
+    training = json.loads((tmp_path / "models" / "crashy" / "training.json").read_text())
+    assert [h["epoch"] for h in training["history"]] == list(range(1, 151))

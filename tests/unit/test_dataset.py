@@ -1,0 +1,77 @@
+"""Preprocessing: fitted on training rows only, applied the same way everywhere, split by date."""
+
+import json
+
+import numpy as np
+import pytest
+
+from salesfc import features
+from salesfc.data import synthetic
+from salesfc.dataset import CATEGORIES, Preprocessor, Split
+from salesfc.tables import TIMESTAMP
+
+
+@pytest.fixture(scope="module")
+def frame():
+    """Engineered rows joined the way Feast joins them (without the on-demand views)."""
+    out = features.engineer(synthetic.generate("tiny", seed=2))
+    rows = out.labels.merge(out.sales_history.drop(columns=["store", "dept"]), on=["store_dept", TIMESTAMP])
+    return rows.merge(out.store_context, on=["store", TIMESTAMP])
+
+
+def test_split_is_by_date(frame):
+    split = Split.from_weeks(frame[TIMESTAMP], val_weeks=13, test_weeks=26)
+    part = split.part(frame[TIMESTAMP])
+    weeks = frame[TIMESTAMP]
+    assert weeks[part == 0].max() < weeks[part == 1].min()
+    assert weeks[part == 1].max() < weeks[part == 2].min()
+    assert weeks[part == 2].nunique() == 26 and weeks[part == 1].nunique() == 13
+    assert Split.from_json(json.loads(json.dumps(split.to_json()))) == split
+
+
+def test_fit_reads_training_rows_only(frame):
+    split = Split.from_weeks(frame[TIMESTAMP], 13, 26)
+    part = split.part(frame[TIMESTAMP])
+    train = frame[part == 0]
+    a = Preprocessor.fit(train).params
+    # Wreck everything after training: the fitted parameters cannot move.
+    wrecked = frame.copy()
+    numeric = wrecked.select_dtypes("number").columns.difference(["store", "dept", "store_dept", "week_of_year"])
+    wrecked.loc[part > 0, numeric] = wrecked.loc[part > 0, numeric] * 100 + 7
+    b = Preprocessor.fit(wrecked[part == 0]).params
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_transform_is_deterministic_and_survives_json(frame):
+    pre = Preprocessor.fit(frame.iloc[:3000])
+    again = Preprocessor(json.loads(json.dumps(pre.params)))
+    a, b = pre.transform(frame), again.transform(frame)
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+    np.testing.assert_array_equal(a.categories, b.categories)
+    assert a.numeric.shape == (len(frame), pre.n_numeric) and np.isfinite(a.numeric).all()
+    assert a.categories.shape == (len(frame), len(CATEGORIES))
+    # The target times the scale gives the dollars back.
+    np.testing.assert_allclose(a.target * a.scale, frame["weekly_sales"], rtol=1e-5, atol=1e-3)
+
+
+def test_unseen_categories_get_code_zero(frame):
+    pre = Preprocessor.fit(frame[frame["store"] != 4])
+    batch = pre.transform(frame[frame["store"] == 4])
+    assert (batch.categories[:, CATEGORIES.index("store")] == 0).all()
+
+
+def test_rows_without_history_get_a_department_scale(frame):
+    pre = Preprocessor.fit(frame)
+    first = frame[frame["weeks_of_history"] == 0]
+    assert len(first) > 0
+    scale = pre.scale(first)
+    assert np.isfinite(scale).all() and (scale >= 10).all()
+
+
+def test_holiday_weeks_weigh_five_times(frame):
+    pre = Preprocessor.fit(frame)
+    batch = pre.transform(frame)
+    ratio = batch.weight / batch.scale
+    holiday = frame["is_holiday"].to_numpy() > 0
+    assert ratio[holiday].mean() == pytest.approx(5 * ratio[~holiday].mean(), rel=1e-5)
+    assert batch.weight.mean() == pytest.approx(1.0, rel=1e-5)

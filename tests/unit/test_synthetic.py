@@ -1,0 +1,76 @@
+"""The synthetic generator: Walmart-shaped, deterministic, with the real data's mess and a known signal."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salesfc.data import HOLIDAY_DATES, MARKDOWNS, synthetic
+
+
+@pytest.fixture(scope="module")
+def full():
+    return synthetic.generate("full", seed=7)
+
+
+def test_full_size_has_the_real_data_shape(full):
+    sales = full.sales
+    series = sales.groupby(["store", "dept"]).size()
+    assert 380_000 <= len(sales) <= 460_000
+    assert sales["store"].nunique() == 45 and sales["dept"].nunique() == 81
+    assert sales["dept"].max() <= 99
+    assert sales["date"].nunique() == 143
+    assert sales["date"].min() == pd.Timestamp("2010-02-05") and sales["date"].max() == pd.Timestamp("2012-10-26")
+    assert 3_000 <= len(series) <= 3_500
+    # Not every series covers every week: lags must count calendar weeks.
+    assert 0.7 < (series == 143).mean() < 0.9
+    # Not every store carries every department.
+    assert sales.groupby("store")["dept"].nunique().max() < 81
+
+
+def test_full_size_has_the_real_data_mess(full):
+    sales, external = full.sales, full.external
+    assert 500 < (sales["weekly_sales"] < 0).sum() < 3_000          # returns
+    assert (sales["weekly_sales"] == 0).sum() > 20
+    before = external["date"] < pd.Timestamp("2011-11-11")
+    assert external.loc[before, MARKDOWNS].isna().all().all()
+    assert external.loc[~before, MARKDOWNS].notna().any().all()
+    assert (external[MARKDOWNS] < 0).sum().sum() > 0
+    # The store context reaches past the sales: what is known about next week.
+    assert external["date"].max() > sales["date"].max()
+
+
+def test_holidays_are_the_kaggle_weeks(full):
+    flagged = set(full.sales.loc[full.sales["is_holiday"], "date"].unique())
+    assert flagged == {d for d in HOLIDAY_DATES if d <= pd.Timestamp("2012-10-26")}
+    assert len(flagged) == 10
+
+
+def test_holidays_and_markdowns_have_real_effects(full):
+    sales = full.sales
+    signal = sales.groupby("date")["expected_sales"].sum()
+    assert signal[pd.Timestamp("2011-11-25")] > 1.15 * signal[pd.Timestamp("2011-11-18")]   # Black Friday
+    assert signal[pd.Timestamp("2011-12-23")] > 1.15 * signal[pd.Timestamp("2011-12-02")]   # Christmas rush
+
+
+def test_the_signal_is_the_median_of_the_reported_sales(full):
+    sales = full.sales
+    big = sales[sales["expected_sales"] > 5_000]
+    ratio = big["weekly_sales"] / big["expected_sales"]
+    assert abs(ratio.median() - 1) < 0.005
+    assert 0.03 < (ratio - 1).abs().mean() < 0.2
+
+
+def test_deterministic_and_sizes_share_parameters():
+    a, b = synthetic.generate("tiny", seed=3), synthetic.generate("tiny", seed=3)
+    pd.testing.assert_frame_equal(a.sales, b.sales)
+    assert not synthetic.generate("tiny", seed=4).sales["weekly_sales"].equals(a.sales["weekly_sales"])
+    small = synthetic.generate("small", seed=3).sales
+    merged = a.sales.merge(small, on=["store", "dept", "date"], suffixes=("", "_small"))
+    assert len(merged) > 0.5 * len(a.sales)
+    np.testing.assert_allclose(merged["expected_sales"], merged["expected_sales_small"])
+
+
+def test_tiny_is_small_and_varied():
+    tiny = synthetic.generate("tiny")
+    assert 3_000 < len(tiny.sales) < 10_000
+    assert set(tiny.stores["type"]) == {"A", "B", "C"}
