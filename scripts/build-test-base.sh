@@ -4,7 +4,8 @@
 #   localhost/salesfc-test-base:bookworm   Debian 12 (debootstrap --variant=minbase) + python3, python3-venv,
 #                                          ca-certificates. No torch: the trainer build installs the pinned one.
 #
-# The image goes into buildah's vfs storage (the driver the tests use). If it is already there, nothing is rebuilt
+# The image goes into the image tests' own buildah storage (overlay driver; SALESFC_TEST_STORAGE_ROOT and
+# SALESFC_TEST_STORAGE_RUNROOT, which tests/image/conftest.py sets). If it is already there, nothing is rebuilt
 # (pass --force to rebuild). Prints how long the build took. Needs root, buildah and debootstrap
 # (scripts/install-image-tools.sh installs them) and Debian's mirror (MIRROR, default deb.debian.org).
 #
@@ -15,7 +16,9 @@ IMAGE="${TEST_BASE_IMAGE:-localhost/salesfc-test-base:bookworm}"
 SUITE=bookworm
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 PACKAGES=python3,python3-venv,ca-certificates
-BUILDAH=(buildah --storage-driver vfs)
+BUILDAH=(buildah --storage-driver overlay
+    --root "${SALESFC_TEST_STORAGE_ROOT:-/var/lib/containers/salesfc-test}"
+    --runroot "${SALESFC_TEST_STORAGE_RUNROOT:-/run/containers/salesfc-test}")
 
 log() { printf '[build-test-base] %s\n' "$*" >&2; }
 die() { printf '[build-test-base] error: %s\n' "$*" >&2; exit 1; }

@@ -2,7 +2,7 @@
 # Install what the image tests (tests/image, pytest -m image) need: Debian packages, so this runs as root (or sudo).
 #
 #   buildah       builds image/Containerfile and runs commands in the result (no Docker engine, no daemon:
-#                 `buildah bud --isolation chroot --storage-driver vfs`, the way the tests call it)
+#                 `buildah bud --isolation chroot --storage-driver overlay --layers`, the way the tests call it)
 #   debootstrap   builds the tests' local base image (scripts/build-test-base.sh): no registry is needed
 #
 # Running it again installs nothing that is already there. Debian/Ubuntu only (apt-get).

@@ -1,11 +1,15 @@
 """Fixtures of the image tests: the local base, the trainer image built from image/Containerfile, one container.
 
-Everything goes through buildah with the vfs storage driver and chroot isolation (no daemon, no registry, works
-in an unprivileged CI container as root). The build is the real one: `buildah bud -f image/Containerfile` from the
-repository root, only with a local base (`scripts/build-test-base.sh`: Debian from debootstrap, no torch, so the
-build installs the pinned torch from the lock) and a host wheelhouse mounted in place of the index, so that a
-rerun does not download the ~3 GB of wheels again. Timings and the image size go to .cache/image-test/metrics.json
-and to the end of the pytest report.
+The build is the real one: `buildah bud -f image/Containerfile --layers` from the repository root, with pip
+downloading the lock's wheels inside the build as it would anywhere, and only the base replaced by a local one
+(`scripts/build-test-base.sh`: Debian from debootstrap, no torch, so the build installs the pinned torch).
+
+Everything goes through buildah with chroot isolation and the overlay storage driver, in a storage of its own
+(/var/lib/containers/salesfc-test; no daemon, no registry; needs root). Overlay, not vfs: vfs keeps every layer and
+every container as a full copy, and committing the ~6 GB venv as one layer held three copies of it at once, which
+ran a CI machine out of disk. With overlay and one layer per dependency group (image/install-requirements.sh) the
+build peaks at about 15 GB, and the container costs nothing. Timings and sizes go to
+.cache/image-test/metrics.json and to the end of the pytest report.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import tomllib
@@ -23,12 +28,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "image-test"
-WHEELS = CACHE / "wheels"
 LOCK = REPO / "image" / "requirements.lock"
 BASE_IMAGE = "localhost/salesfc-test-base:bookworm"
 VERSION = tomllib.loads((REPO / "image" / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"localhost/salesfc-trainer:{VERSION}-test"
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
+# The tests' own storage, so that they never meet (or clash with the driver of) a person's default one;
+# scripts/build-test-base.sh takes the same through the environment.
+STORAGE_ROOT = "/var/lib/containers/salesfc-test"
+STORAGE_RUNROOT = "/run/containers/salesfc-test"
+STORAGE_ENV = {"SALESFC_TEST_STORAGE_ROOT": STORAGE_ROOT, "SALESFC_TEST_STORAGE_RUNROOT": STORAGE_RUNROOT}
+BUILDAH = ["buildah", "--storage-driver", "overlay", "--root", STORAGE_ROOT, "--runroot", STORAGE_RUNROOT]
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 INSTALL_HINT = "run scripts/install-image-tools.sh (as root)"
 
 # What the build and the run took, for the summary at the end of the report (and metrics.json).
@@ -36,7 +46,7 @@ METRICS: dict[str, object] = {}
 
 
 def buildah(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run buildah (vfs storage); on failure, fail the test with the command and its output."""
+    """Run buildah (the tests' storage); on failure, fail the test with the command and its output."""
     command = [*BUILDAH, *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -49,39 +59,33 @@ def image_exists(name: str) -> bool:
     return buildah("inspect", "--type", "image", name, check=False).returncode == 0
 
 
-def image_size_bytes(name: str) -> int:
+def layer_sizes(name: str) -> list[int]:
+    """The image's layers' sizes in bytes, base first."""
     manifest = json.loads(buildah("inspect", "--type", "image", "--format", "{{.Manifest}}", name).stdout)
-    return sum(layer["size"] for layer in manifest["layers"])
+    return [layer["size"] for layer in manifest["layers"]]
 
 
-def pip_platform_args() -> list[str]:
-    """pip download options for CPython 3.11 on x86_64 glibc <= 2.36 (Debian bookworm, the test base), whatever
-    interpreter runs the tests: pip does not widen a `manylinux_2_36` platform to older glibc versions itself."""
-    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
-    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    args = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-            "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
-    for platform in platforms:
-        args += ["--platform", platform]
+def pip_build_args() -> list[str]:
+    """The build's pip settings from this machine's (the Containerfile's own PIP_* knobs, nothing test-only): its
+    index if it has one set, and its CA bundle, mounted beside the image's own (a TLS-intercepting proxy's CA must
+    reach pip inside the build; mounting over the image's bundle would break ca-certificates there)."""
+    args = []
+    if os.environ.get("PIP_INDEX_URL"):
+        args += ["--build-arg", f"PIP_INDEX_URL={os.environ['PIP_INDEX_URL']}"]
+    bundle = os.environ.get("PIP_CERT") or ssl.get_default_verify_paths().cafile or HOST_CA_BUNDLE
+    if bundle and Path(bundle).is_file():
+        args += ["--volume", f"{bundle}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
     return args
 
 
-def fill_wheelhouse(python: str) -> float:
-    """Download every wheel of requirements.lock into .cache/image-test/wheels, once per lock content."""
-    stamp = WHEELS / ".lock-sha256"
+def lock_changed() -> bool:
+    """Whether requirements.lock changed since the last build here (then the cached dependency layers of the old
+    lock are ~6 GB of garbage)."""
+    stamp = CACHE / "lock-sha256"
     digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
-    if stamp.is_file() and stamp.read_text().strip() == digest:
-        return 0.0
-    start = time.monotonic()
-    shutil.rmtree(WHEELS, ignore_errors=True)
-    WHEELS.mkdir(parents=True)
-    command = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(WHEELS),
-               "--requirement", str(LOCK), *pip_platform_args()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:
-        pytest.fail(f"filling the wheelhouse failed ({' '.join(command)}):\n{result.stderr[-4000:]}", pytrace=False)
+    changed = not stamp.is_file() or stamp.read_text().strip() != digest
     stamp.write_text(digest + "\n")
-    return time.monotonic() - start
+    return changed
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +94,8 @@ def image_tools() -> None:
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: {INSTALL_HINT}", pytrace=False)
     if os.geteuid() != 0:
-        pytest.fail("the image tests build with buildah (vfs, chroot isolation) and debootstrap: run them as root",
-                    pytrace=False)
+        pytest.fail("the image tests build with buildah (overlay storage, chroot isolation) and debootstrap: "
+                    "run them as root", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +104,7 @@ def test_base(image_tools) -> str:
     existed = image_exists(BASE_IMAGE)
     start = time.monotonic()
     result = subprocess.run([str(REPO / "scripts" / "build-test-base.sh")], capture_output=True, text=True,
-                            timeout=1200)
+                            timeout=1200, env={**os.environ, **STORAGE_ENV})
     if result.returncode != 0:
         pytest.fail(f"scripts/build-test-base.sh failed:\n{result.stderr[-6000:]}", pytrace=False)
     METRICS["base_build_s"] = None if existed else round(time.monotonic() - start, 1)
@@ -108,22 +112,23 @@ def test_base(image_tools) -> str:
 
 
 @pytest.fixture(scope="session")
-def trainer_image(test_base, python) -> str:
+def trainer_image(test_base) -> str:
     """The trainer image, built once per session from image/Containerfile on the test base."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    METRICS["wheelhouse_s"] = round(fill_wheelhouse(python), 1)
-    if image_exists(IMAGE):  # the previous session's: remove it, or every run leaves ~7 GB behind
+    if image_exists(IMAGE):  # the previous session's; its layers stay as the build cache
         buildah("rmi", "--force", IMAGE)
+    if lock_changed():
+        buildah("rmi", "--prune", check=False)
     log = CACHE / "build.log"
     command = [
         *BUILDAH, "bud", "--isolation", "chroot", "--pull=never", "--file", "image/Containerfile", "--tag", IMAGE,
-        # One new layer for the whole build: vfs stores every layer as a full copy of the file system, so a layer
-        # per instruction would copy the ~7 GB venv once per instruction after it.
-        "--layers=false",
+        # A layer per instruction, as docker and podman build: each dependency group is committed on its own, and
+        # a rerun with the same lock reuses them.
+        "--layers",
         "--build-arg", f"BASE_IMAGE={test_base}", "--build-arg", f"VERSION={VERSION}",
-        # The lock's wheels from the host instead of PyPI: the Containerfile's own knobs, nothing test-only.
-        "--volume", f"{WHEELS}:/run/wheels:ro", "--build-arg", "PIP_FIND_LINKS=/run/wheels",
-        "--build-arg", "PIP_NO_INDEX=1",
+        # pip downloads inside the build, into the layer's own temporary files: no wheelhouse beside the build
+        # (3 GB more disk at its peak), and a rerun with the same lock does not download at all (cached layers).
+        *pip_build_args(),
         ".",
     ]
     start = time.monotonic()
@@ -134,14 +139,16 @@ def trainer_image(test_base, python) -> str:
         tail = log.read_text()[-6000:]
         pytest.fail(f"buildah bud exited {result.returncode} (full log: {log}):\n{tail}", pytrace=False)
     METRICS["image"] = IMAGE
-    METRICS["image_size_gb"] = round(image_size_bytes(IMAGE) / 1e9, 2)
+    sizes = layer_sizes(IMAGE)
+    METRICS["image_size_gb"] = round(sum(sizes) / 1e9, 2)
+    METRICS["largest_layer_gb"] = round(max(sizes) / 1e9, 2)
     return IMAGE
 
 
 @pytest.fixture(scope="session")
 def container(trainer_image):
-    """One working container of the image for all checks (vfs copies the whole image for each one); removed at
-    the end of the session. The image stays for the next tests and for a look by hand."""
+    """One working container of the image for all checks; removed at the end of the session. The image stays
+    for the next tests and for a look by hand."""
     start = time.monotonic()
     name = buildah("from", "--pull=never", trainer_image).stdout.strip().splitlines()[-1]
     METRICS["container_create_s"] = round(time.monotonic() - start, 1)
@@ -180,6 +187,12 @@ def image_version() -> str:
 
 
 @pytest.fixture(scope="session")
+def image_layer_sizes(trainer_image) -> list[int]:
+    """The image's layers' sizes in bytes, base first."""
+    return layer_sizes(trainer_image)
+
+
+@pytest.fixture(scope="session")
 def image_config(trainer_image) -> dict:
     """The image's OCI config: User, Env, Cmd, Entrypoint, Labels, WorkingDir."""
     return json.loads(buildah("inspect", "--type", "image", trainer_image).stdout)["OCIv1"]["config"]
@@ -193,10 +206,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     base = METRICS.get("base_build_s")
     parts = [
         f"image {METRICS.get('image', IMAGE)}",
-        f"size {METRICS.get('image_size_gb', '?')} GB",
+        f"size {METRICS.get('image_size_gb', '?')} GB (largest layer {METRICS.get('largest_layer_gb', '?')} GB)",
         f"build {METRICS.get('image_build_s', '?')} s",
         f"base {'reused' if base is None else f'{base} s'}",
-        f"wheelhouse {METRICS.get('wheelhouse_s', '?')} s",
         f"container {METRICS.get('container_create_s', '?')} s",
     ]
     if "demo_s" in METRICS:

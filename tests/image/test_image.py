@@ -66,6 +66,15 @@ def test_runs_as_the_non_root_user(run_in):
     assert ids == [USER_UID, "0", HOME, HOME]
 
 
+def test_dependencies_come_in_layers(image_layer_sizes):
+    """The CUDA wheels, torch and the rest are separate layers: a pull fetches them in parallel, a new version
+    reuses them, and no build step commits the whole ~6 GB venv at once (what ran a CI machine out of disk)."""
+    sizes = image_layer_sizes
+    total = sum(sizes)
+    big = [size for size in sizes if size > 0.5e9]
+    assert len(big) >= 3, f"expected the CUDA, torch and other dependencies in 3 layers over 0.5 GB, got {sizes}"
+    assert max(sizes) < 0.6 * total, f"one layer holds {max(sizes) / total:.0%} of the image: {sizes}"
+
 def test_salesfc_is_a_command(run_in, image_version):
     out = ok(run_in("salesfc", "--help"), "salesfc --help")
     for command in ("prep", "train", "infer", "check", "demo"):
