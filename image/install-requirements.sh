@@ -30,10 +30,13 @@ for name in PIP_INDEX_URL PIP_FIND_LINKS PIP_NO_INDEX PIP_CERT; do
     [ -n "$value" ] || unset "$name"
 done
 
+base_python=""
 if [ ! -x "$venv/bin/python" ]; then
     base_python="$(command -v python3 || command -v python)"
     "$base_python" -m venv "$venv"
-    site_packages="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+fi
+site_packages="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+if [ -n "$base_python" ]; then  # the venv is new: decide, once, whose torch it uses
     if "$base_python" -c 'import torch' 2>/dev/null; then
         echo "base image has torch $("$base_python" -c 'import torch; print(torch.__version__)'): keeping it"
         "$base_python" -c 'import site; print("\n".join(site.getsitepackages()))' > "$site_packages/$base_pth"
@@ -42,7 +45,6 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
     echo "python: $("$venv/bin/python" -V 2>&1) (the lock was made for 3.11)"
 fi
-site_packages="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 
 pip_install() {
     "$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check --require-virtualenv "$@"

@@ -139,7 +139,7 @@ def trainer_image(test_base) -> str:
         tail = log.read_text()[-6000:]
         pytest.fail(f"buildah bud exited {result.returncode} (full log: {log}):\n{tail}", pytrace=False)
     METRICS["image"] = IMAGE
-    sizes = layer_sizes(IMAGE)
+    sizes = METRICS["layer_sizes"] = layer_sizes(IMAGE)
     METRICS["image_size_gb"] = round(sum(sizes) / 1e9, 2)
     METRICS["largest_layer_gb"] = round(max(sizes) / 1e9, 2)
     return IMAGE
@@ -188,8 +188,8 @@ def image_version() -> str:
 
 @pytest.fixture(scope="session")
 def image_layer_sizes(trainer_image) -> list[int]:
-    """The image's layers' sizes in bytes, base first."""
-    return layer_sizes(trainer_image)
+    """The image's layers' sizes in bytes, base first (read once, when it was built)."""
+    return METRICS["layer_sizes"]
 
 
 @pytest.fixture(scope="session")

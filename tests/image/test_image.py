@@ -75,6 +75,7 @@ def test_dependencies_come_in_layers(image_layer_sizes):
     assert len(big) >= 3, f"expected the CUDA, torch and other dependencies in 3 layers over 0.5 GB, got {sizes}"
     assert max(sizes) < 0.6 * total, f"one layer holds {max(sizes) / total:.0%} of the image: {sizes}"
 
+
 def test_salesfc_is_a_command(run_in, image_version):
     out = ok(run_in("salesfc", "--help"), "salesfc --help")
     for command in ("prep", "train", "infer", "check", "demo"):
