@@ -55,7 +55,9 @@ sales_history_features = FeatureView(
         Field(name="sales_lag_2", dtype=Float64),
         Field(name="sales_lag_4", dtype=Float64),
         Field(name="sales_lag_8", dtype=Float64),
+        Field(name="sales_lag_51", dtype=Float64, description="The week after the same week last year."),
         Field(name="sales_lag_52", dtype=Float64, description="Same week last year; missing in the first year."),
+        Field(name="sales_lag_53", dtype=Float64, description="The week before the same week last year."),
         Field(name="sales_rolling_mean_4", dtype=Float64, description="Mean of the 4 weeks before."),
         Field(name="sales_rolling_mean_8", dtype=Float64),
         Field(name="sales_rolling_mean_12", dtype=Float64),
@@ -64,6 +66,8 @@ sales_history_features = FeatureView(
         Field(name="sales_rolling_std_8", dtype=Float64),
         Field(name="sales_rolling_std_12", dtype=Float64),
         Field(name="sales_rolling_std_52", dtype=Float64),
+        Field(name="sales_year_ago_mean_4", dtype=Float64,
+              description="Mean of the 4 weeks before the same week last year (its level before last year's lift)."),
         Field(name="weeks_of_history", dtype=Int64, description="Weeks this series reported before this one."),
     ],
     source=batch_source("sales_history"),
@@ -77,6 +81,11 @@ store_external_features = FeatureView(
     ttl=WEEKLY,
     schema=[
         Field(name="is_holiday", dtype=Int64, description="Super Bowl, Labor Day, Thanksgiving or Christmas week."),
+        Field(name="holiday_code", dtype=Int64,
+              description="Which holiday: 0 none, 1 Super Bowl, 2 Labor Day, 3 Thanksgiving, 4 Christmas."),
+        Field(name="weeks_to_thanksgiving", dtype=Float64,
+              description="Weeks from the week's end to the nearest Thanksgiving (negative: after it), within 8."),
+        Field(name="weeks_to_christmas", dtype=Float64, description="The same for Christmas Day."),
         Field(name="week_of_year", dtype=Int64),
         Field(name="month", dtype=Int64),
         Field(name="temperature", dtype=Float64, description="Average temperature in the region, Fahrenheit."),
@@ -140,11 +149,13 @@ def feature_transformations(inputs: dict) -> dict:
         Field(name="sales_velocity", dtype=Float64),
         Field(name="sales_acceleration", dtype=Float64),
         Field(name="demand_stability_score", dtype=Float64),
+        Field(name="seasonal_index", dtype=Float64),
     ],
     mode="python",
 )
 def temporal_transformations(inputs: dict) -> dict:
-    """Growth, change of growth and stability of recent sales, from lags only (never the week being predicted)."""
+    """Growth, change of growth, stability of recent sales and last year's lift of this week, from lags only (never
+    the week being predicted)."""
     import numpy as np
 
     def column(name):
@@ -154,6 +165,7 @@ def temporal_transformations(inputs: dict) -> dict:
         return np.where(np.isnan(array), None, array).tolist()
 
     lag_1, lag_2, lag_4 = column("sales_lag_1"), column("sales_lag_2"), column("sales_lag_4")
+    lag_52, year_ago_mean_4 = column("sales_lag_52"), column("sales_year_ago_mean_4")
     mean_4, std_4 = column("sales_rolling_mean_4"), column("sales_rolling_std_4")
     return {
         # Week-over-week growth, relative to the earlier week (+1 keeps zero-sales weeks finite).
@@ -162,6 +174,8 @@ def temporal_transformations(inputs: dict) -> dict:
         "sales_acceleration": values(((lag_1 - lag_2) - (lag_2 - lag_4) / 2.0) / (np.abs(mean_4) + 1.0)),
         # 1 - coefficient of variation of the last 4 weeks: 1 is perfectly steady demand.
         "demand_stability_score": values(1.0 - std_4 / (np.abs(mean_4) + 1.0)),
+        # Last year's lift of this week over the 4 weeks before it (1: no lift); holidays included.
+        "seasonal_index": values(np.clip((lag_52 + 1.0) / (np.abs(year_ago_mean_4) + 1.0), -5.0, 10.0)),
     }
 
 

@@ -9,24 +9,44 @@ and the report counts how often that happened, so every forecaster is scored on 
 * 4-week moving average: mean of the 4 weeks before, else last value;
 * series mean: the mean of the series over the training weeks, else its department's, else everyone's.
 
-The peer: scikit-learn's HistGradientBoostingRegressor on the same features (raw values, missing values as
-they are, store/department/week/type as categories), trained on the training weeks with early stopping on the
-validation weeks and the same holiday weighting. What a data scientist would try first, and what we aim to beat.
+The peer, what a data scientist would pick instead of a network: scikit-learn's HistGradientBoostingRegressor
+with absolute error, on exactly what the network sees: the same preprocessed inputs, the same scale-aware target
+(sales / series scale) and the same sample weights (scale x holiday weight), so its loss is the dollar WMAE too.
+Store, department, week of year and store type are categorical. A small search (``PEER_GRID``) is fitted on the
+training weeks, each with early stopping on the validation weeks, and the one with the lowest validation WMAE
+forecasts; the weeks being forecast play no part. Its forecasts are cached per data version, split and settings
+(``<workdir>/baselines/``, parquet and JSON: no pickled model on a shared volume), so `infer` and `backtest`
+fit it once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from salesfc.dataset import CATEGORIES, HOLIDAY_WEIGHT, NOT_FEATURES
+from salesfc.dataset import Preprocessor
+from salesfc.tables import TIMESTAMP
+from salesfc.workspace import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 NAIVE = ("last_value", "seasonal_naive", "moving_average_4", "series_mean")
+PEER = "gradient_boosted_trees"
+# The search: a few shapes of tree, each with early stopping. Settings a data scientist would try first; the
+# learning rate is small enough that early stopping, not max_iter, ends every fit.
+PEER_GRID = (
+    {"learning_rate": 0.1, "max_leaf_nodes": 63, "min_samples_leaf": 40, "l2_regularization": 0.0},
+    {"learning_rate": 0.1, "max_leaf_nodes": 255, "min_samples_leaf": 100, "l2_regularization": 1.0},
+    {"learning_rate": 0.05, "max_leaf_nodes": 127, "min_samples_leaf": 20, "l2_regularization": 0.0},
+)
+PEER_MAX_ITER = 3000
+PEER_PATIENCE = 30
 
 
 def _first_known(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -65,36 +85,75 @@ def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame) -> tuple[dict[str, 
     return forecasts, fallbacks
 
 
-def _gbt_matrix(frame: pd.DataFrame, columns: list[str], type_codes: dict[str, int]) -> np.ndarray:
-    numeric = frame[columns].to_numpy(dtype=float, na_value=np.nan)
-    categorical = np.column_stack([
-        frame["store"].to_numpy(dtype=float), frame["dept"].to_numpy(dtype=float),
-        frame["week_of_year"].to_numpy(dtype=float),
-        frame["store_type"].map(type_codes).to_numpy(dtype=float),
-    ])
-    return np.hstack([numeric, categorical])
+def _peer_matrix(preprocessor: Preprocessor, frame: pd.DataFrame):
+    batch = preprocessor.transform(frame)
+    return np.hstack([batch.numeric, batch.categories.astype(np.float32)]), batch
 
 
-def gradient_boosted_trees(train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame, seed: int = 0) -> dict:
+def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int) -> str:
+    from sklearn import __version__ as sklearn_version
+
+    blob = json.dumps({"data": data, "split": split, "preprocess": preprocessor.params, "grid": PEER_GRID,
+                       "max_iter": PEER_MAX_ITER, "patience": PEER_PATIENCE, "seed": seed,
+                       "sklearn": sklearn_version}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame, *,
+              cache: Path | None, data: str, split: dict, seed: int = 0) -> dict:
+    """The tuned tree peer's forecasts (dollars) for ``rows``, fitted on ``train``/``val`` or read from ``cache``.
+
+    The cache key covers the data fingerprint, the split, the fitted preprocessing, the search and scikit-learn's
+    version: new data, new weeks or new features mean a new fit, never a stale forecast.
+    """
+    key = _peer_key(preprocessor, data, split, seed)
+    ids = pd.DataFrame({"store_dept": rows["store_dept"].to_numpy(dtype=np.int64),
+                        TIMESTAMP: rows[TIMESTAMP].to_numpy()})
+    if cache is not None and (cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists():
+        stored = pd.read_parquet(cache / f"{key}.parquet")
+        if len(stored) == len(ids) and stored[["store_dept", TIMESTAMP]].reset_index(drop=True).equals(ids):
+            info = read_json(cache / f"{key}.json")
+            log.info("tree peer: cached forecasts %s (fitted in %.0f s)", key, info["fit_seconds"])
+            return {**info, "forecast": stored["forecast"].to_numpy(), "cached": True}
+    result = _fit_tree_peer(preprocessor, train, val, rows, seed)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache / f"{key}.parquet") as tmp:
+            ids.assign(forecast=result["forecast"]).to_parquet(tmp, index=False)
+        write_json(cache / f"{key}.json", {k: v for k, v in result.items() if k != "forecast"})
+    return {**result, "cached": False}
+
+
+def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame,
+                   seed: int) -> dict:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    columns = [c for c in train.columns if c not in NOT_FEATURES and c not in CATEGORIES
-               and pd.api.types.is_numeric_dtype(train[c])]
-    type_codes = {value: code for code, value in enumerate(sorted(train["store_type"].astype(str).unique()))}
-    n_numeric = len(columns)
-
-    def weights(frame: pd.DataFrame) -> np.ndarray:
-        return np.where(frame["is_holiday"].to_numpy() > 0, HOLIDAY_WEIGHT, 1.0)
+    from salesfc import metrics
 
     started = time.perf_counter()
-    model = HistGradientBoostingRegressor(
-        learning_rate=0.1, max_iter=500, max_leaf_nodes=63, min_samples_leaf=40,
-        categorical_features=[n_numeric, n_numeric + 1, n_numeric + 2, n_numeric + 3], early_stopping=True,
-        n_iter_no_change=20, random_state=seed)
-    model.fit(_gbt_matrix(train, columns, type_codes), train["weekly_sales"].to_numpy(dtype=float),
-              sample_weight=weights(train), X_val=_gbt_matrix(val, columns, type_codes),
-              y_val=val["weekly_sales"].to_numpy(dtype=float), sample_weight_val=weights(val))
+    x_train, b_train = _peer_matrix(preprocessor, train)
+    x_val, b_val = _peer_matrix(preprocessor, val)
+    n_numeric = b_train.numeric.shape[1]
+    categorical = list(range(n_numeric, n_numeric + b_train.categories.shape[1]))
+    val_holiday = val["is_holiday"].to_numpy()
+    best = None
+    trials = []
+    for params in PEER_GRID:
+        tick = time.perf_counter()
+        model = HistGradientBoostingRegressor(
+            loss="absolute_error", max_iter=PEER_MAX_ITER, categorical_features=categorical, early_stopping=True,
+            n_iter_no_change=PEER_PATIENCE, random_state=seed, **params)
+        model.fit(x_train, b_train.target, sample_weight=b_train.weight, X_val=x_val, y_val=b_val.target,
+                  sample_weight_val=b_val.weight)
+        wmae = metrics.evaluate(b_val.target * b_val.scale, model.predict(x_val) * b_val.scale, val_holiday)["wmae"]
+        trials.append({**params, "iterations": int(model.n_iter_), "val_wmae": round(wmae, 2),
+                       "seconds": round(time.perf_counter() - tick, 1)})
+        log.info("tree peer: %s -> %d iterations, validation WMAE $%.0f (%.0f s)", params, model.n_iter_, wmae,
+                 trials[-1]["seconds"])
+        if best is None or wmae < best[0]:
+            best = (wmae, model, params)
+    x_rows, b_rows = _peer_matrix(preprocessor, rows)
+    forecast = best[1].predict(x_rows) * b_rows.scale
     seconds = time.perf_counter() - started
-    log.info("gradient-boosted trees: %d iterations in %.1f s", model.n_iter_, seconds)
-    return {"forecast": model.predict(_gbt_matrix(rows, columns, type_codes)), "iterations": int(model.n_iter_),
-            "fit_seconds": round(seconds, 2)}
+    return {"forecast": forecast, "chosen": best[2], "iterations": int(best[1].n_iter_), "val_wmae": best[0],
+            "trials": trials, "fit_seconds": round(seconds, 1)}

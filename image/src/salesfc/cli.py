@@ -1,4 +1,4 @@
-"""The one entry point: ``salesfc prep | train | infer | check | demo``.
+"""The one entry point: ``salesfc prep | train | infer | check | backtest | demo``.
 
 Stages import their modules only when run, so ``--help`` answers at once (importing Feast alone takes seconds).
 """
@@ -30,6 +30,11 @@ COMMANDS = {
     "check": ("salesfc.check",
               "Verify a deployment: database reachable, feature service registered, online store filled, model "
               "artifacts loadable, metrics under the threshold. Exits non-zero with the reason (helm test)."),
+    "backtest": ("salesfc.backtest",
+                 "Measure accuracy the honest way: a rolling-origin backtest (default 4 folds of 13 weeks, the last "
+                 "year, holidays included). For each fold the model, the tuned tree peer and the naive baselines "
+                 "are refitted on the weeks before it only; prints WMAE per fold and the mean, and writes "
+                 "backtests/<id>/ (backtest.json, backtest.md, backtest.png, predictions.parquet)."),
     "demo": ("salesfc.demo",
              "Run prep, train (2 processes) and infer locally on the embedded default store, and say where "
              "everything went."),

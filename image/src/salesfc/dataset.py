@@ -26,10 +26,11 @@ SCALE_SOURCES = ["sales_rolling_mean_52", "sales_rolling_mean_12", "sales_rollin
 HOLIDAY_WEIGHT = 5.0  # Kaggle's WMAE weights holiday weeks 5 to 1
 WEIGHT_POWER = 1.0    # loss weight = scale ** WEIGHT_POWER: 1 makes the training loss the dollar WMAE
 NOT_FEATURES = {"store_dept", "store", "dept", TIMESTAMP, "weekly_sales", "expected_sales"}
-CATEGORIES = ["store", "dept", "week_of_year", "store_type"]
+CATEGORIES = ["store", "dept", "week_of_year", "store_type", "holiday_code"]
 # How each known input enters the network; anything else numeric is standardized as is ("plain").
 TRANSFORMS = {
-    **{f"sales_lag_{k}": "per_scale" for k in (1, 2, 4, 8, 52)},
+    **{f"sales_lag_{k}": "per_scale" for k in (1, 2, 4, 8, 51, 52, 53)},
+    "sales_year_ago_mean_4": "per_scale",
     **{f"sales_rolling_{stat}_{w}": "per_scale" for stat in ("mean", "std") for w in (4, 8, 12, 52)},
     "weeks_of_history": "log",
     "store_size": "log",
@@ -40,9 +41,13 @@ TRANSFORMS = {
     "sales_velocity": "clip",
     "sales_acceleration": "clip",
     "demand_stability_score": "clip",
+    "seasonal_index": "clip",
 }
 PER_SCALE_LIMIT = 10.0
 CLIP_LIMIT = 5.0
+# Standardized inputs are clipped here: a value far outside anything seen in training (a markdown ten times the
+# largest, a new store's size) must not drive the network into territory it never learned.
+INPUT_LIMIT = 6.0
 
 
 def signed_log(values: np.ndarray) -> np.ndarray:
@@ -78,6 +83,7 @@ class Preprocessor:
             # A list, not a mapping: its order is the order of the model's embedding tables.
             "categories": [{"name": name, "values": cls._vocabulary(train, name)} for name in CATEGORIES],
             "inputs": [],
+            "dropped_inputs": [],
         }
         pre = cls(params)
         scale = pre.scale(train)
@@ -85,11 +91,17 @@ class Preprocessor:
             kind = TRANSFORMS.get(column, "plain")
             raw = pre._raw(train, column, kind, scale)
             finite = raw[np.isfinite(raw)]
-            mean = float(finite.mean()) if len(finite) else 0.0
-            std = float(finite.std()) if len(finite) > 1 else 1.0
-            params["inputs"].append({"column": column, "transform": kind, "mean": mean,
-                                     "std": std if std > 1e-9 else 1.0,
+            std = float(finite.std()) if len(finite) > 1 else 0.0
+            if std < 1e-9:
+                # Never varies in training (markdowns before they existed, say): nothing to learn from, and a value
+                # first seen at forecast time would only push an untrained weight.
+                params["dropped_inputs"].append(column)
+                continue
+            params["inputs"].append({"column": column, "transform": kind, "mean": float(finite.mean()), "std": std,
                                      "missing_flag": bool(np.isnan(raw).any())})
+        # Series that sold a negative amount (returns) in training may again; the others' forecasts are floored at 0.
+        negative = train.loc[train["weekly_sales"] < 0, "store_dept"].unique()
+        params["may_go_negative"] = sorted(int(key) for key in negative)
         log_scale = np.log(scale)
         params["log_scale"] = {"mean": float(log_scale.mean()), "std": float(log_scale.std() or 1.0)}
         params["weight_mean"] = float(pre._weight(train, scale).mean())
@@ -99,6 +111,8 @@ class Preprocessor:
     def _vocabulary(train: pd.DataFrame, name: str) -> list:
         if name == "week_of_year":
             return list(range(1, 54))  # every week, seen in training or not
+        if name == "holiday_code":
+            return list(range(5))  # every holiday, seen in training or not
         if name == "store_type":
             return sorted(str(v) for v in train[name].dropna().unique())
         return sorted(int(v) for v in train[name].unique())
@@ -144,7 +158,8 @@ class Preprocessor:
         for spec in self.params["inputs"]:
             raw = self._raw(frame, spec["column"], spec["transform"], scale)
             missing = np.isnan(raw)
-            numeric[:, position] = np.where(missing, 0.0, (raw - spec["mean"]) / spec["std"])
+            standard = np.clip((raw - spec["mean"]) / spec["std"], -INPUT_LIMIT, INPUT_LIMIT)
+            numeric[:, position] = np.where(missing, 0.0, standard)
             position += 1
             if spec["missing_flag"]:
                 flags.append(missing)
@@ -166,6 +181,11 @@ class Preprocessor:
             target = (frame["weekly_sales"].to_numpy(dtype=float) / scale).astype(np.float32)
             weight = (self._weight(frame, scale) / self.params["weight_mean"]).astype(np.float32)
         return Batch(numeric, categories, scale, target, weight)
+
+    def floor(self, frame: pd.DataFrame, forecast: np.ndarray) -> np.ndarray:
+        """No negative forecast for a series that never sold a negative amount in training."""
+        may = frame["store_dept"].isin(self.params.get("may_go_negative", [])).to_numpy()
+        return np.where(may, forecast, np.maximum(forecast, 0.0))
 
     @staticmethod
     def _weight(frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:

@@ -20,14 +20,20 @@ from salesfc.data import MARKDOWNS, RawData
 from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP, split_store_dept, store_dept, utc_weeks
 
-LAGS = (1, 2, 4, 8, 52)
+LAGS = (1, 2, 4, 8, 51, 52, 53)
 WINDOWS = (4, 8, 12, 52)
+YEAR = 52
 ACTIVE_WEEKS = 4
+# Holiday alignment: how far a week is from the holiday that drives it, in weeks, clipped to this many either side.
+HOLIDAY_REACH = 8.0
+# Kaggle flags four holidays; the code tells them apart (months as in the Walmart data).
+HOLIDAY_CODES = {2: 1, 9: 2, 11: 3, 12: 4, 1: 4}  # Super Bowl, Labor Day, Thanksgiving, Christmas (week after)
 
 SALES_FEATURES = ([f"sales_lag_{k}" for k in LAGS] + [f"sales_rolling_mean_{w}" for w in WINDOWS]
-                  + [f"sales_rolling_std_{w}" for w in WINDOWS] + ["weeks_of_history"])
-CONTEXT_FEATURES = ["is_holiday", "week_of_year", "month", "temperature", "fuel_price", "cpi", "unemployment",
-                    *MARKDOWNS, "total_markdown", "has_markdown", "store_type", "store_size"]
+                  + [f"sales_rolling_std_{w}" for w in WINDOWS] + ["sales_year_ago_mean_4", "weeks_of_history"])
+CONTEXT_FEATURES = ["is_holiday", "holiday_code", "weeks_to_thanksgiving", "weeks_to_christmas", "week_of_year",
+                    "month", "temperature", "fuel_price", "cpi", "unemployment", *MARKDOWNS, "total_markdown",
+                    "has_markdown", "store_type", "store_size"]
 
 
 @dataclass
@@ -82,8 +88,30 @@ def sales_grid_features(grid: np.ndarray) -> dict[str, np.ndarray]:
             variance = np.clip((q - s * s / n) / (n - 1), 0, None)
         out[f"sales_rolling_mean_{w}"] = np.where(enough, mean, np.nan)
         out[f"sales_rolling_std_{w}"] = np.where(enough, np.sqrt(variance), np.nan)
+    # The 4 weeks before the same week last year: with sales_lag_52, last year's seasonal lift of this week
+    # (lag_52 / year_ago_mean_4), which carries over to this year's level (sales_rolling_mean_4).
+    year_ago = np.full_like(grid, np.nan)
+    year_ago[:, YEAR:] = out["sales_rolling_mean_4"][:, :-YEAR]
+    out["sales_year_ago_mean_4"] = year_ago
     out["weeks_of_history"] = count.astype(np.int64)
     return out
+
+
+def thanksgiving(year: int) -> pd.Timestamp:
+    """The fourth Thursday of November."""
+    first = pd.Timestamp(year=year, month=11, day=1)
+    return first + pd.Timedelta(days=(3 - first.dayofweek) % 7 + 21)
+
+
+def weeks_to(dates: pd.Series, holiday) -> np.ndarray:
+    """Signed weeks from each week's last day to the nearest occurrence of ``holiday(year)`` (positive: before it),
+    clipped to HOLIDAY_REACH. Holidays move with the calendar; this keeps the weeks around them aligned by event."""
+    days = dates.to_numpy(dtype="datetime64[ns]")
+    best = np.full(len(days), np.inf)
+    for year in range(int(dates.dt.year.min()) - 1, int(dates.dt.year.max()) + 2):
+        gap = (np.datetime64(holiday(year), "ns") - days) / np.timedelta64(7, "D")
+        best = np.where(np.abs(gap) < np.abs(best), gap, best)
+    return np.clip(best, -HOLIDAY_REACH, HOLIDAY_REACH)
 
 
 def engineer(raw: RawData) -> Engineered:
@@ -155,10 +183,14 @@ def store_context(raw: RawData, first: pd.Timestamp, last: pd.Timestamp) -> pd.D
     if unknown.any():
         raise UserError(f"store context: store {ext['store'][unknown].iloc[0]} is not among the stores")
     marks = ext[MARKDOWNS]
+    is_holiday = ext["is_holiday"].astype(np.int64).to_numpy()
     context = pd.DataFrame({
         "store": ext["store"].to_numpy(dtype=np.int64),
         TIMESTAMP: utc_weeks(ext["date"]),
-        "is_holiday": ext["is_holiday"].astype(np.int64).to_numpy(),
+        "is_holiday": is_holiday,
+        "holiday_code": is_holiday * ext["date"].dt.month.map(HOLIDAY_CODES).fillna(0).astype(np.int64).to_numpy(),
+        "weeks_to_thanksgiving": weeks_to(ext["date"], thanksgiving),
+        "weeks_to_christmas": weeks_to(ext["date"], lambda year: pd.Timestamp(year=year, month=12, day=25)),
         "week_of_year": ext["date"].dt.isocalendar().week.astype(np.int64).to_numpy(),
         "month": ext["date"].dt.month.astype(np.int64).to_numpy(),
     })

@@ -23,11 +23,14 @@ from salesfc import baselines, feature_store, metrics
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.errors import UserError
+from salesfc.data import HOLIDAYS
 from salesfc.tables import TIMESTAMP, split_store_dept, utc_weeks
 from salesfc.waiting import wait_for
 from salesfc.workspace import Workspace, atomic_path, read_json, wait_for_manifest, write_json
 
 log = logging.getLogger(__name__)
+
+HOLIDAY_NAMES = {pd.Timestamp(day): name.replace("_", " ").title() for name, days in HOLIDAYS.items() for day in days}
 
 
 def resolve_run(config) -> str:
@@ -58,7 +61,7 @@ class Forecaster:
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         batch = self.preprocessor.transform(frame)
         ratio = self.network(torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)).numpy()
-        return ratio.astype(np.float64) * batch.scale
+        return self.preprocessor.floor(frame, ratio.astype(np.float64) * batch.scale)
 
 
 def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
@@ -77,39 +80,57 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
                          "predicted_sales": prediction.round(2)})
 
 
-def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool) -> tuple[dict, pd.DataFrame]:
+def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace
+             ) -> tuple[dict, pd.DataFrame]:
     frame = feature_store.historical_features(store)
     part = forecaster.split.part(frame[TIMESTAMP])
     train, val, test = frame[part == 0], frame[part == 1], frame[part == 2].reset_index(drop=True)
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
-    actual = test["weekly_sales"].to_numpy(dtype=float)
-    holiday = test["is_holiday"].to_numpy()
     forecasts = {"model": forecaster.predict(test)}
-    naive, fallbacks = baselines.naive_forecasts(train, test)
-    forecasts.update(naive)
-    gbt = baselines.gradient_boosted_trees(train, val, test)
-    forecasts["gradient_boosted_trees"] = gbt["forecast"]
+    peer = baselines.tree_peer(forecaster.preprocessor, train, val, test, cache=workspace.baselines,
+                               data=forecaster.params["data"], split=forecaster.params["split"])
+    result, holdout = score(test, forecasts, train, peer, has_signal)
+    result["test_weeks"] = {"from": f"{forecaster.split.test_start:%Y-%m-%d}",
+                            "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
+                            "holidays": holiday_weeks(test[TIMESTAMP])}
+    return result, holdout
+
+
+def score(rows: pd.DataFrame, forecasts: dict, train: pd.DataFrame, peer: dict, has_signal: bool
+          ) -> tuple[dict, pd.DataFrame]:
+    """Every forecaster on ``rows``: the given forecasts (the model's), the naive baselines and the tree peer.
+    Returns the metrics and one frame of (series, week, actual, forecast_<name>...) rows."""
+    actual = rows["weekly_sales"].to_numpy(dtype=float)
+    holiday = rows["is_holiday"].to_numpy()
+    naive, fallbacks = baselines.naive_forecasts(train, rows)
+    forecasts = {**forecasts, **naive, baselines.PEER: peer["forecast"]}
     scores = {name: metrics.evaluate(actual, forecast, holiday) for name, forecast in forecasts.items()}
     for name, count in fallbacks.items():
         scores[name]["fallback_rows"] = count
-    scores["gradient_boosted_trees"].update(iterations=gbt["iterations"], fit_seconds=gbt["fit_seconds"])
+    scores[baselines.PEER].update(chosen=peer["chosen"], iterations=peer["iterations"],
+                                  fit_seconds=peer["fit_seconds"], cached=peer["cached"])
     noise_floor = None
-    if has_signal and test["expected_sales"].notna().all():
-        noise_floor = metrics.evaluate(actual, test["expected_sales"].to_numpy(dtype=float), holiday)
-    result = {
-        "model": scores.pop("model"),
-        "baselines": scores,
-        "noise_floor": noise_floor,
-        "test_weeks": {"from": f"{forecaster.split.test_start:%Y-%m-%d}", "to": f"{forecaster.split.last_week:%Y-%m-%d}",
-                       "rows": int(len(test))},
-    }
-    holdout = pd.DataFrame({"store": test["store"], "dept": test["dept"], "week": test[TIMESTAMP],
-                            "actual": actual, "is_holiday": holiday,
+    if has_signal and rows["expected_sales"].notna().all():
+        noise_floor = metrics.evaluate(actual, rows["expected_sales"].to_numpy(dtype=float), holiday)
+    result = {"model": scores.pop("model"), "baselines": scores, "noise_floor": noise_floor}
+    holdout = pd.DataFrame({"store": rows["store"].to_numpy(), "dept": rows["dept"].to_numpy(),
+                            "week": rows[TIMESTAMP].to_numpy(), "actual": actual, "is_holiday": holiday,
                             **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()}})
     if noise_floor is not None:
-        holdout["expected_sales"] = test["expected_sales"].to_numpy(dtype=float)
+        holdout["expected_sales"] = rows["expected_sales"].to_numpy(dtype=float)
     return result, holdout
+
+
+def holiday_weeks(weeks: pd.Series) -> list[str]:
+    """The flagged holiday weeks among ``weeks``, named: what an evaluation window does and does not contain."""
+    found = []
+    for week in sorted(pd.Series(weeks.unique())):
+        day = pd.Timestamp(week).tz_localize(None).normalize()
+        name = HOLIDAY_NAMES.get(day)
+        if name:
+            found.append(f"{name} {day:%Y-%m-%d}")
+    return found
 
 
 def comparison_table(result: dict) -> list[str]:
@@ -142,7 +163,7 @@ def run(config) -> int:
     forecast = next_week(store, forecaster, manifest)
     timings["next week (online)"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    result, holdout = evaluate(store, forecaster, manifest["has_signal"])
+    result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace)
     timings["evaluation"] = time.perf_counter() - tick
     result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(forecast),
                   data=manifest["source"])
@@ -161,8 +182,10 @@ def run(config) -> int:
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
     write_json(out / "metrics.json", result)
 
-    print(f"infer: run {run_id}, held-out weeks {result['test_weeks']['from']} to {result['test_weeks']['to']} "
-          f"({result['test_weeks']['rows']:,} rows)")
+    weeks = result["test_weeks"]
+    print(f"infer: run {run_id}, held-out weeks {weeks['from']} to {weeks['to']} ({weeks['rows']:,} rows); "
+          f"holiday weeks in them: {', '.join(weeks['holidays']) or 'none'} (`salesfc backtest` measures all of "
+          "them)")
     for line in comparison_table(result):
         print("  " + line)
     print(f"infer: forecast for {manifest['next_week']}: {len(forecast):,} series, total "

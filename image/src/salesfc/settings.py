@@ -17,11 +17,11 @@ from typing import Any, Callable
 ENV_PREFIX = "SALESFC_"
 PASSWORD_ENV = "SALESFC_PG_PASSWORD"
 
-ALL = ("prep", "train", "infer", "check", "demo")
+ALL = ("prep", "train", "infer", "check", "demo", "backtest")
 PREP = ("prep", "demo")
-TRAIN = ("train", "demo")
+TRAIN = ("train", "demo", "backtest")
 INFER = ("infer", "demo")
-RUN = ("train", "infer", "check", "demo")
+RUN = ("train", "infer", "check", "demo", "backtest")
 
 
 class SettingError(ValueError):
@@ -143,10 +143,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_seed", "Seed of the synthetic data generator.", 7, int, commands=PREP),
     Setting("data_id", "A name for the data prep makes (prep records it in data/prep.json); train and infer wait "
             "until the prepared data carries it. The chart sets it from its data values, so a retrain after an "
-            "upgrade never starts on the data of the release before.", commands=("prep", "train", "infer", "demo")),
+            "upgrade never starts on the data of the release before.",
+            commands=("prep", "train", "infer", "demo", "backtest")),
     # train / infer / check
     Setting("run_id", "Model run: models/<run-id>/ under the workdir. train: default a new id from the clock; "
-            "infer and check: default the latest finished run.", type=run_id, commands=RUN),
+            "infer and check: default the latest finished run; backtest: backtests/<run-id>/ (default a new id; "
+            "an existing one resumes, keeping its finished folds).", type=run_id, commands=RUN),
     Setting("epochs", "Maximum training epochs.", 40, positive_int, commands=TRAIN),
     Setting("batch_size", "Global batch size, split across all processes (smaller on small data, so that an "
             "epoch has at least 32 steps).", 4096, positive_int, commands=TRAIN),
@@ -165,14 +167,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("val_weeks", "Weeks before the held-out test weeks used for early stopping.", 13, positive_int,
             commands=TRAIN),
     Setting("test_weeks", "Final weeks held out from training and model selection; infer evaluates on them.",
-            26, positive_int, commands=TRAIN),
+            26, positive_int, commands=("train", "demo")),
+    Setting("folds", "backtest: number of folds (rolling origins), consecutive and ending with the last week.", 4,
+            positive_int, commands=("backtest",)),
+    Setting("fold_weeks", "backtest: weeks per fold (4 x 13 covers the last year, so every holiday is in one "
+            "fold).", 13, positive_int, commands=("backtest",)),
     Setting("device", "Training device: auto (CUDA when present), cpu or cuda.", "auto",
             choices=("auto", "cpu", "cuda"), commands=TRAIN),
     Setting("amp", "Mixed precision (bf16 autocast): auto (on for CUDA), on or off.", "auto",
             choices=("auto", "on", "off"), commands=TRAIN),
     Setting("nproc_per_node", "Training processes to start on this machine when not already under torchrun "
             "(the TrainJob sets its own through torchrun). Default: 1 for train, 2 for demo.",
-            type=positive_int, commands=TRAIN),
+            type=positive_int, commands=("train", "demo")),
     Setting("plot_series", "How many series to plot (forecast against actual) in the report.", 6,
             non_negative_int, commands=INFER),
     Setting("max_wmae_ratio", "check: fail when the model's WMAE exceeds this multiple of the best naive "

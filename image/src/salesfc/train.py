@@ -285,6 +285,14 @@ def load_training_arrays(config, manifest: dict) -> tuple[dict, dict, Preprocess
     log.info("read %d training rows through Feast (%s offline store) in %.1f s", len(frame), store.location.kind,
              retrieval_seconds)
     split = Split.from_weeks(frame[TIMESTAMP], config.val_weeks, config.test_weeks)
+    arrays, preprocessor, rows = training_arrays(frame, split)
+    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind, "rows": rows}
+    return arrays, info, preprocessor, split
+
+
+def training_arrays(frame, split: Split) -> tuple[dict, Preprocessor, dict]:
+    """The training and validation weeks of ``frame`` as the network's arrays, preprocessing fitted on training
+    weeks only. Weeks from ``split.test_start`` on are not read at all."""
     part = split.part(frame[TIMESTAMP])
     preprocessor = Preprocessor.fit(frame[part == 0])
     arrays = {}
@@ -296,9 +304,8 @@ def load_training_arrays(config, manifest: dict) -> tuple[dict, dict, Preprocess
         if name == "val":
             arrays["val_scale"] = batch.scale
             arrays["val_holiday"] = rows["is_holiday"].to_numpy(dtype=np.float64)
-    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind,
-            "rows": {"train": int((part == 0).sum()), "val": int((part == 1).sum()), "test": int((part == 2).sum())}}
-    return arrays, info, preprocessor, split
+    rows = {"train": int((part == 0).sum()), "val": int((part == 1).sum()), "test": int((part == 2).sum())}
+    return arrays, preprocessor, rows
 
 
 def share_arrays(context: distributed.Context, arrays: dict | None) -> dict:
@@ -326,46 +333,55 @@ def _train(config, context: distributed.Context, manifest: dict) -> int:
     workspace = config.workspace
     run_id = context.broadcast_json(config.run_id or new_run_id())  # rank 0's clock names the run
     run_dir = workspace.run_dir(run_id)
-    summary_path = run_dir / "training.json"
-    if context.agree(summary_path.exists()):
-        log.info("run %s has already finished training (%s); nothing to do", run_id, summary_path)
+    if context.agree((run_dir / "training.json").exists()):
+        log.info("run %s has already finished training (%s); nothing to do", run_id, run_dir / "training.json")
         return 0
-    started = time.perf_counter()
-
-    arrays = meta = None
+    prepared = None
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        numpy_arrays, info, preprocessor, split = load_training_arrays(config, manifest)
+        prepared = load_training_arrays(config, manifest)
+    summary = fit_run(config, context, run_dir, prepared, manifest["fingerprint"])
+    if context.is_main:
+        write_text(workspace.models / "LATEST", run_id + "\n")
+        best = summary["history"][summary["best_epoch"] - 1]
+        print(f"train: run {run_id} finished: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+              f"validation WMAE ${best['val_wmae']:,.0f}, MAPE {best['val_mape']:.2f}%; "
+              f"{summary['samples_per_second']:,} samples/s on {context.world_size} x {context.device}")
+        print(f"train: model {run_dir / 'model.pt'}")
+    context.barrier()
+    return 0
+
+
+def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) -> dict | None:
+    """Train one run into ``run_dir`` (model.pt, checkpoint.pt, preprocess.json, training.json) from rank 0's
+    ``prepared`` = (arrays, info, preprocessor, split); the other ranks pass None. Returns the summary on rank 0.
+    Shared by `train` (the deployed model) and `backtest` (one run per fold)."""
+    started = time.perf_counter()
+    arrays = meta = None
+    if context.is_main:
+        arrays, info, preprocessor, split = prepared
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
                                               config.embed_dim, config.hidden, config.dropout)
         run_settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
                         if k in {s.name for s in settings.for_command("train")}
                         and k not in {"workdir", "feature_repo", "wait_timeout", "log_level", "nproc_per_node"}}
         meta = {"model_config": model_config, "split": split.to_json(), "info": info,
-                "run": {"data": manifest["fingerprint"], "settings": run_settings, "world_size": context.world_size}}
-        write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(),
-                                                  "data": manifest["fingerprint"]})
-        arrays = numpy_arrays
+                "run": {"data": data, "settings": run_settings, "world_size": context.world_size}}
+        write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
     meta = context.broadcast_json(meta)
     shared = share_arrays(context, arrays)
     trainer = Trainer(config, context, run_dir, shared, meta)
     if context.is_main:
         log.info("training %s: %d train rows, %d validation rows, %d processes on %s, batch %d per process, %d "
-                 "steps per epoch", run_id, trainer.train_rows, shared["val_numeric"].shape[0], context.world_size,
-                 context.device, trainer.per_rank_batch, trainer.steps_per_epoch)
+                 "steps per epoch", run_dir.name, trainer.train_rows, shared["val_numeric"].shape[0],
+                 context.world_size, context.device, trainer.per_rank_batch, trainer.steps_per_epoch)
     result = trainer.fit()
-    if context.is_main:
-        summary = {"run_id": run_id, "status": "finished", **result, **meta["info"], "split": meta["split"],
-                   "model_config": meta["model_config"], "settings": meta["run"]["settings"],
-                   "world_size": context.world_size, "device": str(context.device),
-                   "flops_per_sample": model_lib.flops_per_sample(meta["model_config"]),
-                   "history": trainer.history, "total_seconds": round(time.perf_counter() - started, 2)}
-        write_json(summary_path, summary)
-        write_text(workspace.models / "LATEST", run_id + "\n")
-        best = trainer.history[result["best_epoch"] - 1]
-        print(f"train: run {run_id} finished: best epoch {result['best_epoch']} of {result['epochs_run']}, "
-              f"validation WMAE ${best['val_wmae']:,.0f}, MAPE {best['val_mape']:.2f}%; "
-              f"{result['samples_per_second']:,} samples/s on {context.world_size} x {context.device}")
-        print(f"train: model {run_dir / 'model.pt'}")
-    context.barrier()
-    return 0
+    if not context.is_main:
+        return None
+    summary = {"run_id": run_dir.name, "status": "finished", **result, **meta["info"], "split": meta["split"],
+               "model_config": meta["model_config"], "settings": meta["run"]["settings"],
+               "world_size": context.world_size, "device": str(context.device),
+               "flops_per_sample": model_lib.flops_per_sample(meta["model_config"]),
+               "history": trainer.history, "total_seconds": round(time.perf_counter() - started, 2)}
+    write_json(run_dir / "training.json", summary)
+    return summary

@@ -5,6 +5,8 @@
     <workdir>/models/<run-id>/ model.pt, checkpoint.pt, preprocess.json, training.json
     <workdir>/models/LATEST    the id of the last run that finished training
     <workdir>/reports/<run-id>/ predictions.parquet, metrics.json, report.md and its plots
+    <workdir>/baselines/       the tree peer's cached forecasts (salesfc.baselines)
+    <workdir>/backtests/<id>/  backtest.json, backtest.md, predictions.parquet, plots, and one model per fold
 
 Every file is written under a temporary name in the same directory and renamed into place: on a shared volume
 another pod may read at any moment, and a rename is atomic where a write is not.
@@ -42,6 +44,13 @@ class Workspace:
     @property
     def manifest(self) -> Path:
         return self.data / "prep.json"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    def backtest_dir(self, backtest_id: str) -> Path:
+        return self.root / "backtests" / backtest_id
 
     def run_dir(self, run_id: str) -> Path:
         return self.models / run_id

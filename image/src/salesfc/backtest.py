@@ -1,0 +1,243 @@
+"""backtest: rolling-origin evaluation, the one way salesfc measures accuracy.
+
+The folds are ``--folds`` consecutive blocks of ``--fold-weeks`` weeks that end with the last week of data. The
+default, 4 x 13 weeks, is the last year of data, so every holiday falls in exactly one fold: on the Walmart calendar
+(data to 2012-10-26) the folds start 2011-11-04 (Thanksgiving and Christmas), 2012-02-03 (Super Bowl), 2012-05-04
+and 2012-08-03 (Labor Day).
+
+For each fold, everything is refitted on the weeks before its first week (its cutoff) and nothing after:
+
+* the network trains on the weeks before ``cutoff - val_weeks`` and picks its epoch on the ``val_weeks`` before the
+  cutoff (the same code as `salesfc train`, one process here, one model directory per fold);
+* the tree peer is tuned and early-stopped on the same validation weeks (salesfc.baselines, cached per fold);
+* the naive baselines read lags and the training weeks' series means.
+
+Every forecast is one week ahead, as the deployed model is used: week t's features hold the sales up to t - 1.
+The result is one frame of (cutoff, series, week, actual, one column per forecaster), from which every table and
+plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other weeks,
+mean over folds), ``backtest.md`` and ``backtest.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from salesfc import baselines, distributed, feature_store, metrics
+from salesfc.dataset import Split
+from salesfc.errors import UserError
+from salesfc.infer import Forecaster, holiday_weeks, score
+from salesfc.tables import TIMESTAMP
+from salesfc.workspace import atomic_path, wait_for_manifest, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+MIN_TRAIN_WEEKS = 26
+
+
+@dataclass(frozen=True)
+class Fold:
+    number: int
+    cutoff: pd.Timestamp      # first week forecast
+    last_week: pd.Timestamp   # last week forecast
+    val_start: pd.Timestamp   # first validation week (the network's early stopping, the peer's search)
+
+    def split(self) -> Split:
+        return Split(self.val_start, self.cutoff, self.last_week)
+
+    @property
+    def name(self) -> str:
+        return f"fold-{self.number}-{self.cutoff:%Y%m%d}"
+
+
+def make_folds(weeks: pd.Series, folds: int, fold_weeks: int, val_weeks: int) -> list[Fold]:
+    unique = np.sort(pd.Series(weeks).unique())
+    needed = folds * fold_weeks + val_weeks + MIN_TRAIN_WEEKS
+    if len(unique) < needed:
+        raise UserError(f"{len(unique)} weeks of data cannot hold --folds {folds} x --fold-weeks {fold_weeks} "
+                        f"after --val-weeks {val_weeks} and {MIN_TRAIN_WEEKS} training weeks ({needed} weeks); "
+                        "use fewer or shorter folds")
+    result = []
+    for k in range(folds):
+        end = len(unique) - (folds - 1 - k) * fold_weeks  # one past the fold's last week
+        start = end - fold_weeks
+        result.append(Fold(k + 1, pd.Timestamp(unique[start]), pd.Timestamp(unique[end - 1]),
+                           pd.Timestamp(unique[start - val_weeks])))
+    return result
+
+
+def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_signal: bool, out) -> pd.DataFrame:
+    """Refit everything on the weeks before the fold, forecast its weeks; returns the fold's rows of the frame."""
+    from salesfc import train
+
+    known = frame[frame[TIMESTAMP] < fold.cutoff]  # the fold's weeks and later are not even passed on
+    rows = frame[(frame[TIMESTAMP] >= fold.cutoff) & (frame[TIMESTAMP] <= fold.last_week)].reset_index(drop=True)
+    split = fold.split()
+    run_dir = out / fold.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    if not (run_dir / "training.json").exists():  # a finished fold is kept: an interrupted backtest resumes
+        arrays, preprocessor, counts = train.training_arrays(known, split)
+        train.fit_run(config, context, run_dir, (arrays, {"rows": counts}, preprocessor, split), data)
+    forecaster = Forecaster(run_dir)
+    model_seconds = time.perf_counter() - tick
+    part = split.part(known[TIMESTAMP])
+    tick = time.perf_counter()
+    peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
+                               cache=config.workspace.baselines, data=data, split=split.to_json())
+    _, table = score(rows, {"model": forecaster.predict(rows)}, known[part == 0], peer, has_signal)
+    log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",
+             f"{fold.last_week:%Y-%m-%d}", model_seconds, time.perf_counter() - tick,
+             " (cached)" if peer["cached"] else "")
+    return table.assign(cutoff=fold.cutoff)
+
+
+def summarize(table: pd.DataFrame, folds: list[Fold]) -> dict:
+    """Per fold (all weeks, holiday weeks, other weeks) and the mean over folds, for every forecaster."""
+    names = [c.removeprefix("forecast_") for c in table.columns if c.startswith("forecast_")]
+    if "expected_sales" in table and table["expected_sales"].notna().all():
+        table = table.assign(forecast_noise_floor=table["expected_sales"])
+        names.append("noise_floor")
+
+    def measure(part: pd.DataFrame) -> dict:
+        return {name: metrics.evaluate(part["actual"], part[f"forecast_{name}"], part["is_holiday"])
+                for name in names}
+
+    result_folds = []
+    for fold in folds:
+        part = table[table["cutoff"] == fold.cutoff]
+        holiday = part["is_holiday"] > 0
+        result_folds.append({
+            "fold": fold.number, "from": f"{fold.cutoff:%Y-%m-%d}", "to": f"{fold.last_week:%Y-%m-%d}",
+            "validation_from": f"{fold.val_start:%Y-%m-%d}", "rows": int(len(part)),
+            "holidays": holiday_weeks(part["week"]),
+            "all_weeks": measure(part), "holiday_weeks": measure(part[holiday]) if holiday.any() else None,
+            "other_weeks": measure(part[~holiday]),
+        })
+    mean = {name: {key: statistics.fmean(f["all_weeks"][name][key] for f in result_folds)
+                   for key in ("wmae", "mae", "rmse", "mape", "r2")} for name in names}
+    return {"folds": result_folds, "mean": mean, "forecasters": names}
+
+
+COLUMNS = ("model", baselines.PEER, *baselines.NAIVE)
+
+
+def text_table(summary: dict) -> list[str]:
+    """WMAE per fold and the mean over folds (the figure accuracy claims use), one line per forecaster."""
+    names = [n for n in COLUMNS if n in summary["forecasters"]] + \
+        (["noise_floor"] if "noise_floor" in summary["forecasters"] else [])
+    head = f"{'WMAE ($)':<24}" + "".join(f"{f['from']:>12}" for f in summary["folds"]) + f"{'mean':>12}"
+    lines = [head]
+    for name in names:
+        label = "noise floor (MAE only)" if name == "noise_floor" else name
+        lines.append(f"{label:<24}" + "".join(f"{f['all_weeks'][name]['wmae']:>12,.0f}" for f in summary["folds"])
+                     + f"{summary['mean'][name]['wmae']:>12,.0f}")
+    lines.append(f"{'holiday weeks in fold':<24}" + "".join(f"{len(f['holidays']):>12}" for f in summary["folds"]))
+    return lines
+
+
+def holiday_lines(summary: dict) -> list[str]:
+    """Holiday weeks against the rest, model and tree peer, fold by fold."""
+    lines = []
+    for f in summary["folds"]:
+        if not f["holiday_weeks"]:
+            continue
+        h, o = f["holiday_weeks"], f["other_weeks"]
+        lines.append(f"fold {f['fold']} ({', '.join(f['holidays'])}): MAE on holiday weeks model "
+                     f"${h['model']['mae']:,.0f}, tree peer ${h[baselines.PEER]['mae']:,.0f}; other weeks model "
+                     f"${o['model']['mae']:,.0f}, tree peer ${o[baselines.PEER]['mae']:,.0f}")
+    return lines
+
+
+def plot(table: pd.DataFrame, summary: dict, path) -> None:
+    from salesfc.report import COLORS, _figure, _save
+
+    plt = _figure()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7))
+    names = [n for n in COLUMNS if n in summary["forecasters"]]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [f["all_weeks"][name]["wmae"] for f in summary["folds"]]
+        top.bar(np.arange(len(values)) + i * width, values, width, label=name.replace("_", " "),
+                color=COLORS.get(name))
+    if "noise_floor" in summary["forecasters"]:
+        for k, f in enumerate(summary["folds"]):
+            top.hlines(f["all_weeks"]["noise_floor"]["wmae"], k - width / 2, k + 0.8 - width / 2, colors="tab:red",
+                       linestyles=":", label="noise floor (MAE only)" if k == 0 else None)
+    top.set_xticks(np.arange(len(summary["folds"])) + 0.4 - width / 2,
+                   [f"{f['from']} to {f['to']}\n{', '.join(h.split()[0] for h in f['holidays']) or 'no holiday'}"
+                    for f in summary["folds"]], fontsize=8)
+    top.set_ylabel("WMAE ($)")
+    top.set_title("Rolling-origin backtest: WMAE per fold (each refitted on the weeks before it)")
+    top.legend(fontsize=7, ncol=4)
+    shown = ["model", baselines.PEER, "seasonal_naive"]
+    errors = pd.DataFrame({name: (table[f"forecast_{name}"] - table["actual"]).abs() for name in shown})
+    by_week = errors.groupby(table["week"]).mean()
+    for name in shown:
+        bottom.plot(by_week.index.tz_localize(None), by_week[name], marker="o", ms=2, lw=1,
+                    color=COLORS.get(name), label=name.replace("_", " "))
+    for week in table.loc[table["is_holiday"] > 0, "week"].unique():
+        bottom.axvline(pd.Timestamp(week).tz_localize(None), color="tab:purple", alpha=0.3, lw=5)
+    bottom.set_ylabel("mean absolute error ($)")
+    bottom.set_title("Error by week (shaded: holiday weeks, weighted x5 in WMAE)")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def run(config) -> int:
+    workspace = config.workspace
+    manifest = wait_for_manifest(workspace, config.data_id, config.wait_timeout)
+    store = feature_store.open_store(config)
+    frame = feature_store.historical_features(store)
+    folds = make_folds(frame[TIMESTAMP], config.folds, config.fold_weeks, config.val_weeks)
+    backtest_id = config.run_id or datetime.now(timezone.utc).strftime("backtest-%Y%m%d-%H%M%S")
+    out = workspace.backtest_dir(backtest_id)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"backtest {backtest_id}: {len(folds)} folds of {config.fold_weeks} weeks, "
+          f"{folds[0].cutoff:%Y-%m-%d} to {folds[-1].last_week:%Y-%m-%d}; each refitted on the weeks before it "
+          f"(the last {config.val_weeks} of them for early stopping and the tree peer's search)", flush=True)
+    context = distributed.setup(config.device)  # one process: the folds run one after another
+    started = time.perf_counter()
+    tables = []
+    for fold in folds:
+        tick = time.perf_counter()
+        tables.append(run_fold(config.for_command("train"), context, fold, frame, manifest["fingerprint"],
+                               manifest["has_signal"], out))
+        part = summarize(tables[-1], [fold])["folds"][0]["all_weeks"]
+        print(f"  fold {fold.number}/{len(folds)} {fold.cutoff:%Y-%m-%d} to {fold.last_week:%Y-%m-%d}: WMAE model "
+              f"${part['model']['wmae']:,.0f}, tree peer ${part[baselines.PEER]['wmae']:,.0f} "
+              f"({time.perf_counter() - tick:.0f} s)", flush=True)
+    table = pd.concat(tables, ignore_index=True)
+    summary = summarize(table, folds)
+    mean = summary["mean"]
+    gap = mean["model"]["wmae"] / mean[baselines.PEER]["wmae"] - 1
+    result = {"backtest_id": backtest_id, "data": manifest["source"], "fingerprint": manifest["fingerprint"],
+              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
+                           if k not in ("workdir", "feature_repo", "log_level")},
+              "model_vs_tree_peer": round(gap, 4), "seconds": round(time.perf_counter() - started, 1), **summary}
+    with atomic_path(out / "predictions.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    write_json(out / "backtest.json", result)
+    plot(table, summary, out / "backtest.png")
+    lines = text_table(summary)
+    write_text(out / "backtest.md", "\n".join([
+        f"# Backtest {backtest_id}", "", f"Data: {manifest['source']}. Weather, fuel, CPI, unemployment and "
+        "markdowns of a forecast week are its recorded values (the Kaggle convention), not forecasts of them.", "",
+        "```", *lines, "```", "", *[f"- {line}" for line in holiday_lines(summary)], "",
+        f"Model against the tree peer, mean WMAE over folds: {gap:+.1%}.", "", "![backtest](backtest.png)", ""]))
+    for line in lines:
+        print("  " + line)
+    for line in holiday_lines(summary):
+        print("  " + line)
+    print(f"backtest: mean WMAE over folds: model ${mean['model']['wmae']:,.0f}, tree peer "
+          f"${mean[baselines.PEER]['wmae']:,.0f} ({gap:+.1%}; negative: the model is better)")
+    print(f"backtest: wrote {out}/ (backtest.json, backtest.md, backtest.png, predictions.parquet)")
+    return 0
