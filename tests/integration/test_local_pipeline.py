@@ -167,3 +167,30 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(tmp_path, run_salesf
     assert f"resuming crashy from epoch {saved + 2}" in resumed.stderr
     training = json.loads((tmp_path / "models" / "crashy" / "training.json").read_text())
     assert [h["epoch"] for h in training["history"]] == list(range(1, 151))
+
+
+def test_backtest_on_kaggle_shaped_files(tmp_path, run_salesfc):
+    """`salesfc backtest` on data loaded from Kaggle-shaped CSVs (the real data's code path): four folds, the first
+    with Thanksgiving and Christmas, every forecaster scored on the same rows, the files it promises."""
+    csvs = tmp_path / "kaggle"
+    synthetic.to_kaggle_csvs(synthetic.generate("tiny", seed=2), csvs)
+    workdir = tmp_path / "work"
+    run_salesfc("prep", "--source", "kaggle", "--kaggle-dir", str(csvs), "--workdir", str(workdir))
+    result = run_salesfc("backtest", "--workdir", str(workdir), "--run-id", "bt", "--epochs", "3")
+    out = workdir / "backtests" / "bt"
+    summary = json.loads((out / "backtest.json").read_text())
+    assert [f["from"] for f in summary["folds"]] == ["2011-11-04", "2012-02-03", "2012-05-04", "2012-08-03"]
+    assert summary["folds"][0]["holidays"] == ["Thanksgiving 2011-11-25", "Christmas 2011-12-30"]
+    assert summary["data"].startswith("kaggle")
+    assert "noise_floor" not in summary["forecasters"]  # real data has no known signal
+    for fold in summary["folds"]:
+        rows = {m["n_rows"] for m in fold["all_weeks"].values()}
+        assert rows == {fold["rows"]} and fold["rows"] > 0
+    assert set(summary["mean"]) == {"model", "gradient_boosted_trees", "last_value", "seasonal_naive",
+                                    "moving_average_4", "series_mean"}
+    for path in ("backtest.md", "backtest.png", "predictions.parquet"):
+        assert (out / path).is_file()
+    assert "mean WMAE over folds: model $" in result.stdout and "tree peer $" in result.stdout
+    # The tree peer is fitted once per data version: a second backtest reads its forecasts from the cache.
+    again = run_salesfc("backtest", "--workdir", str(workdir), "--run-id", "bt2", "--epochs", "3")
+    assert again.stderr.count("tree peer: cached forecasts") == 4

@@ -34,7 +34,7 @@ from salesfc.dataset import Split
 from salesfc.errors import UserError
 from salesfc.infer import Forecaster, holiday_weeks, score
 from salesfc.tables import TIMESTAMP
-from salesfc.workspace import atomic_path, wait_for_manifest, write_json, write_text
+from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,13 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     run_dir = out / fold.name
     run_dir.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
-    if not (run_dir / "training.json").exists():  # a finished fold is kept: an interrupted backtest resumes
+    done = run_dir / "training.json"
+    if done.exists():  # a finished fold is kept: an interrupted backtest resumes where it stopped
+        trained = read_json(done)
+        if (trained["settings"] != train.run_settings(config) or trained["split"] != split.to_json()
+                or read_json(run_dir / "preprocess.json")["data"] != data):
+            raise UserError(f"{out} holds folds trained with other settings or data; use a new --run-id")
+    else:
         arrays, preprocessor, counts = train.training_arrays(known, split)
         train.fit_run(config, context, run_dir, (arrays, {"rows": counts}, preprocessor, split), data)
     forecaster = Forecaster(run_dir)
@@ -171,7 +177,7 @@ def plot(table: pd.DataFrame, summary: dict, path) -> None:
             top.hlines(f["all_weeks"]["noise_floor"]["wmae"], k - width / 2, k + 0.8 - width / 2, colors="tab:red",
                        linestyles=":", label="noise floor (MAE only)" if k == 0 else None)
     top.set_xticks(np.arange(len(summary["folds"])) + 0.4 - width / 2,
-                   [f"{f['from']} to {f['to']}\n{', '.join(h.split()[0] for h in f['holidays']) or 'no holiday'}"
+                   [f"{f['from']} to {f['to']}\n{', '.join(h.rsplit(' ', 1)[0] for h in f['holidays']) or 'no holiday'}"
                     for f in summary["folds"]], fontsize=8)
     top.set_ylabel("WMAE ($)")
     top.set_title("Rolling-origin backtest: WMAE per fold (each refitted on the weeks before it)")

@@ -1,7 +1,11 @@
 """The forecasting network and its checkpoint format.
 
-An MLP (256-128-64 by default) over the numeric inputs and learned embeddings of store, department, week of year
-and store type; it predicts weekly sales divided by the row's scale (see salesfc.dataset).
+An MLP (256-128-64 by default) over the numeric inputs and learned embeddings of store, department, week of year,
+store type and holiday; it predicts weekly sales divided by the row's scale (see salesfc.dataset). The network is
+an ensemble of ``members`` such MLPs, each with its own initial weights and dropout masks, trained side by side on
+the same batches (each on its own loss) and averaged when forecasting: averaging independently trained networks
+cancels much of their seed-to-seed variance, which on this data is as large as the differences between
+architectures (measured in bench/README.md).
 
 A checkpoint holds MODEL_STATE, OPTIMIZER_STATE, EPOCH, VAL_LOSS and MODEL_CONFIG (enough to rebuild the network)
 as tensors and plain Python values only, so it loads with ``torch.load(weights_only=True)``: a model file on a
@@ -57,7 +61,7 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-class SalesMLP(nn.Module):
+class Member(nn.Module):
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
                  dropout: float):
         super().__init__()
@@ -81,26 +85,44 @@ class SalesMLP(nn.Module):
         return self.mlp(torch.cat([numeric, embedded], dim=1)).squeeze(1)
 
 
-def model_config(n_numeric: int, cardinalities: list[int], embed_dim: int, hidden, dropout: float) -> dict:
+class SalesMLP(nn.Module):
+    """The ensemble: ``forward`` returns the members' mean, or with ``per_member`` each member's forecast (rows of a
+    (members, batch) tensor), which is what training fits, one loss per member."""
+
+    def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
+                 dropout: float, members: int = 1):
+        super().__init__()
+        self.members = nn.ModuleList(Member(n_numeric, cardinalities, embed_dim, hidden, dropout)
+                                     for _ in range(members))
+
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor, per_member: bool = False) -> torch.Tensor:
+        outputs = torch.stack([member(numeric, categories) for member in self.members])
+        return outputs if per_member else outputs.mean(0)
+
+
+def model_config(n_numeric: int, cardinalities: list[int], embed_dim: int, hidden, dropout: float,
+                 members: int = 1) -> dict:
     return {"model_type": "mlp", "n_numeric": int(n_numeric), "cardinalities": [int(c) for c in cardinalities],
-            "embed_dim": int(embed_dim), "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
+            "embed_dim": int(embed_dim), "hidden": [int(h) for h in hidden], "dropout": float(dropout),
+            "members": int(members)}
 
 
 def build(config: dict) -> SalesMLP:
     if config.get("model_type") != "mlp":
         raise ValueError(f"unknown model_type {config.get('model_type')!r}")
     return SalesMLP(config["n_numeric"], config["cardinalities"], config["embed_dim"], config["hidden"],
-                    config["dropout"])
+                    config["dropout"], config.get("members", 1))
 
 
 def flops_per_sample(config: dict) -> int:
-    """Forward + backward floating-point operations of one sample: 3 x 2 x multiply-adds of the linear layers."""
+    """Forward + backward floating-point operations of one sample: 3 x 2 x multiply-adds of the linear layers, of
+    every member."""
     width = config["n_numeric"] + config["embed_dim"] * len(config["cardinalities"])
     macs = 0
     for size in [*config["hidden"], 1]:
         macs += width * size
         width = size
-    return 6 * macs
+    return 6 * macs * config.get("members", 1)
 
 
 def save(path: Path, state: dict) -> None:

@@ -9,7 +9,8 @@ import pandas as pd
 from salesfc.workspace import atomic_path, write_text
 
 COLORS = {"actual": "black", "model": "tab:blue", "gradient_boosted_trees": "tab:orange",
-          "seasonal_naive": "tab:green", "last_value": "tab:gray", "expected_sales": "tab:red"}
+          "seasonal_naive": "tab:green", "last_value": "tab:gray", "moving_average_4": "tab:cyan",
+          "series_mean": "tab:olive", "expected_sales": "tab:red"}
 
 
 def _figure():
@@ -103,12 +104,13 @@ def plot_training(history: list[dict], path: Path) -> None:
 
 def _markdown_table(result: dict) -> list[str]:
     rows = [("**model**", result["model"])] + [(name.replace("_", " "), m) for name, m in result["baselines"].items()]
-    if result["noise_floor"]:
-        rows.append(("noise floor (perfect model)", result["noise_floor"]))
     lines = ["| forecaster | WMAE | MAE | RMSE | MAPE | R² |", "|---|---:|---:|---:|---:|---:|"]
     for name, m in rows:
         lines.append(f"| {name} | {m['wmae']:,.0f} | {m['mae']:,.0f} | {m['rmse']:,.0f} | {m['mape']:.2f}% | "
                      f"{m['r2']:.4f} |")
+    if result["noise_floor"]:
+        floor = result["noise_floor"]
+        lines.append(f"| noise floor (MAE/WMAE only) | {floor['wmae']:,.0f} | {floor['mae']:,.0f} | | | |")
     return lines
 
 
@@ -125,8 +127,10 @@ def findings(result: dict) -> list[str]:
                      f"({'better' if gap < 0 else 'worse'}), MAPE {model['mape']:.2f}% against {gbt['mape']:.2f}%.")
     if result["noise_floor"]:
         floor = result["noise_floor"]
-        lines.append(f"- The noise floor (predicting the generator's noiseless signal) is ${floor['wmae']:,.0f} WMAE: "
-                     f"the model is at {model['wmae'] / floor['wmae']:.3f}x the best any forecaster can do here.")
+        lines.append(f"- The noise floor (predicting the generator's noiseless signal, the median of its noise) is "
+                     f"${floor['wmae']:,.0f} WMAE: the model is at {model['wmae'] / floor['wmae']:.3f}x the lowest "
+                     "absolute error any forecaster can expect here. It bounds MAE and WMAE only, not RMSE, MAPE or "
+                     "R².")
     lines.append(f"- MAPE counts rows with actual sales of at least $1,000; {model['mape_rows_excluded']:,} of "
                  f"{model['n_rows']:,} rows are below that and left out of it.")
     fallback = {k: v.get("fallback_rows") for k, v in result["baselines"].items() if v.get("fallback_rows")}
@@ -148,7 +152,8 @@ def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame
         f"# Sales forecast report: run {result['run_id']}",
         "",
         f"Data: {result['data']}. Held-out test weeks {weeks['from']} to {weeks['to']} ({weeks['rows']:,} rows), "
-        "never seen by training or early stopping. Next week's forecast "
+        f"never seen by training or early stopping; holiday weeks in them: {', '.join(weeks['holidays']) or 'none'}. "
+        "Next week's forecast "
         f"({result['next_week']}, {result['forecast_rows']:,} series) is in predictions.parquet.",
         "",
         "## Accuracy on the held-out weeks",
@@ -158,7 +163,9 @@ def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame
         *findings(result),
         "",
         "WMAE: mean absolute error with holiday weeks weighted 5 to 1 (the Kaggle measure). All figures in dollars "
-        "of weekly sales.",
+        "of weekly sales. Weather, fuel, CPI, unemployment and markdowns of a held-out week are its recorded values "
+        "(the Kaggle convention), not forecasts of them. This is one window; `salesfc backtest` measures four, "
+        "holidays included.",
         "",
         "## Forecasts against actual sales",
         "",

@@ -159,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hidden", "MLP hidden layer sizes.", (256, 128, 64), layer_sizes, commands=TRAIN),
     Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
     Setting("embed_dim", "Size of the store and department embeddings.", 8, positive_int, commands=TRAIN),
+    Setting("members", "Networks in the ensemble: trained side by side on the same batches from their own initial "
+            "weights, averaged when forecasting (costs that many times the compute; steadier across seeds).", 1,
+            positive_int, commands=TRAIN),
     Setting("patience", "Early stopping: epochs without a better validation loss before stopping.", 6,
             positive_int, commands=TRAIN),
     Setting("grad_clip", "Gradient clipping: maximum global norm (0 turns it off).", 1.0, non_negative_float,

@@ -121,7 +121,9 @@ class Trainer:
 
     @staticmethod
     def loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        error = torch.nn.functional.huber_loss(prediction.float(), target, reduction="none", delta=HUBER_DELTA)
+        """Weighted Huber loss; a (members, batch) prediction gives the mean of the members' losses."""
+        error = torch.nn.functional.huber_loss(prediction.float(), target.expand_as(prediction), reduction="none",
+                                               delta=HUBER_DELTA)
         return (error * weight).mean()
 
     def autocast(self):
@@ -148,12 +150,14 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch * self.steps_per_epoch + step)
             with self.autocast():
-                prediction = self.network(batch["numeric"], batch["categories"])
+                prediction = self.network(batch["numeric"], batch["categories"], per_member=True)
             loss = self.loss(prediction, batch["target"], batch["weight"])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # x members: each member gets the gradient it would get trained alone, and is clipped alone.
+            (loss * prediction.shape[0]).backward()
             if self.config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+                for member in self.raw_network.members:
+                    torch.nn.utils.clip_grad_norm_(member.parameters(), self.config.grad_clip)
             self.optimizer.step()
             self.update_average()
             totals[0] += loss.detach()
@@ -352,6 +356,14 @@ def _train(config, context: distributed.Context, manifest: dict) -> int:
     return 0
 
 
+def run_settings(config) -> dict:
+    """The settings that shape a trained model (what a resumed or reused run must have been trained with)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
+            if k in {s.name for s in settings.for_command("train")}
+            and k not in {"workdir", "feature_repo", "wait_timeout", "log_level", "nproc_per_node", "run_id",
+                          "data_id"}}
+
+
 def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) -> dict | None:
     """Train one run into ``run_dir`` (model.pt, checkpoint.pt, preprocess.json, training.json) from rank 0's
     ``prepared`` = (arrays, info, preprocessor, split); the other ranks pass None. Returns the summary on rank 0.
@@ -361,12 +373,9 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
     if context.is_main:
         arrays, info, preprocessor, split = prepared
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
-                                              config.embed_dim, config.hidden, config.dropout)
-        run_settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
-                        if k in {s.name for s in settings.for_command("train")}
-                        and k not in {"workdir", "feature_repo", "wait_timeout", "log_level", "nproc_per_node"}}
+                                              config.embed_dim, config.hidden, config.dropout, config.members)
         meta = {"model_config": model_config, "split": split.to_json(), "info": info,
-                "run": {"data": data, "settings": run_settings, "world_size": context.world_size}}
+                "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size}}
         write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
     meta = context.broadcast_json(meta)
     shared = share_arrays(context, arrays)
