@@ -11,9 +11,9 @@ test:  ## every test, as CI runs them
 	bash scripts/setup.sh --test
 	$(VENV)/bin/python -m pytest $(ARGS)
 
-test-fast:  ## the tests that need no PostgreSQL, chart tools or image build
+test-fast:  ## the tests that need no PostgreSQL, chart tools, control plane or image build
 	bash scripts/setup.sh
-	$(VENV)/bin/python -m pytest -m "not postgres and not chart and not image and not slow" $(ARGS)
+	$(VENV)/bin/python -m pytest -m "not postgres and not chart and not cluster and not image and not slow" $(ARGS)
 
 bench:  ## the benchmarks (printed figures; see bench/README.md)
 	bash scripts/setup.sh --test

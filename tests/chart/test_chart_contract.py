@@ -85,8 +85,13 @@ def test_each_command_gets_only_its_settings_and_they_parse(files):
             problems.append(f"{where}: duplicate env {duplicates} (Helm 4's server-side apply rejects them)")
         for item in env:
             name = item["name"]
-            if not name.startswith("SALESFC_"):
-                problems.append(f"{where}: {name} is set (only SALESFC_* settings belong here)")
+            if name == "OMP_NUM_THREADS":
+                # Read by OpenMP and torch, not a salesfc setting: the container's own CPU limit, never a literal.
+                field = item.get("valueFrom", {}).get("resourceFieldRef", {})
+                if field.get("resource") != "limits.cpu":
+                    problems.append(f"{where}: OMP_NUM_THREADS must come from the container's limits.cpu")
+            elif not name.startswith("SALESFC_"):
+                problems.append(f"{where}: {name} is set (only SALESFC_* settings and OMP_NUM_THREADS belong here)")
             elif name == settings.PASSWORD_ENV:
                 if set(item) != {"name", "valueFrom"} or "secretKeyRef" not in item["valueFrom"]:
                     problems.append(f"{where}: {name} must come from a secretKeyRef")

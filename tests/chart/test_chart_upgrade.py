@@ -22,6 +22,8 @@ RETRAIN = [
     "training.numProcPerNode=1", "training.resources.limits.memory=7Gi", "training.runtime.kind=TrainingRuntime",
     "image.tag=0.1.1", "image.digest=sha256:" + "1" * 64, "image.repository=registry.test/salesfc",
     "data.size=small", "data.seed=8", "data.source=kaggle", "featureStore.offlineStore=postgres",
+    # Immutable in the runtime (failurePolicy): a new runtime, so a new TrainJob.
+    "training.maxRestarts=0",
 ]
 # Changes that leave the TrainJob alone (the runtime, the database, inference, tests, policies).
 KEEP_TRAINJOB = [
@@ -57,7 +59,7 @@ def test_training_change_is_a_new_trainjob_and_inference(change):
     changed = names((change,))
     assert changed[0] != base[0], f"{change} keeps TrainJob {base[0]}: an upgrade would patch an immutable field"
     assert changed[1] != base[1], f"{change} keeps inference Job {base[1]}"
-    if "runtime.kind" not in change:
+    if "runtime.kind" not in change and "maxRestarts" not in change:
         assert changed[2] == base[2], "the runtime's name must not depend on training values"
 
 
@@ -94,7 +96,7 @@ def test_cluster_runtime_name_differs_across_namespaces():
     a = names(namespace="team-a")
     b = names(namespace="team-b")
     assert a[2] != b[2]
-    assert a[2].endswith("team-a") and b[2].endswith("team-b")
+    assert "-team-a-" in a[2] and "-team-b-" in b[2]
     assert names(release="other", namespace="team-a")[2] != a[2]
 
 
@@ -153,10 +155,17 @@ def test_names_fit_kubernetes_limits(release, namespace, nodes):
 @pytest.mark.parametrize("trainer", ["v2.1.0", "v2.3.0"])
 @pytest.mark.parametrize("change", [c for c in RETRAIN + KEEP_TRAINJOB if "runtime.kind" not in c])
 def test_runtime_updates_pass_its_transition_rules(change, trainer):
-    """The runtime keeps its name across upgrades and is updated in place: its CRD's `self == oldSelf` rules (e.g.
-    JobSet's failurePolicy is immutable) must hold for every change of values."""
+    """A runtime that keeps its name is updated in place: its CRD's `self == oldSelf` rules (e.g. JobSet's
+    failurePolicy is immutable) must hold for every change of values. A change of an immutable field must rename it
+    (the API server refuses the patch: tests/cluster meets that answer)."""
     old = render("helm4").runtime
     new = render("helm4", (), (change,)).runtime
+    if "maxRestarts" in change:
+        assert new["metadata"]["name"] != old["metadata"]["name"]
+        errors, _ = cel_errors(new, crd_schema("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes",
+                                               trainer), old=old)
+        assert errors, "the CRD accepts a changed failurePolicy: the rename is no longer needed"
+        return
     assert new["metadata"]["name"] == old["metadata"]["name"]
     errors, _ = cel_errors(new, crd_schema("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", trainer),
                            old=old)

@@ -63,6 +63,10 @@ BAD_COMBINATIONS = [
     ({"training": {"gpusPerNode": 1, "numProcPerNode": 1, "device": "cpu"}}, "training.device is cpu"),
     ({"postgresql": {"external": {"enabled": True, "existingSecret": "db"}}}, "postgresql.external.host"),
     ({"postgresql": {"external": {"enabled": True, "host": "db"}}}, "postgresql.external.existingSecret"),
+    ({"sharedStorage": {"accessMode": "ReadWriteOnce"}, "training": {"numNodes": 2}},
+     "sharedStorage.accessMode ReadWriteOnce cannot serve training.numNodes 2"),
+    ({"sharedStorage": {"accessMode": "ReadWriteOnce"}, "training": {"maxRestarts": 0, "numNodes": 3}},
+     "Use ReadWriteMany"),
 ]
 
 

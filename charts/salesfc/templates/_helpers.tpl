@@ -184,6 +184,20 @@ PostgreSQL settings its ${SALESFC_PG_*} placeholders are filled from. The passwo
       key: {{ include "salesfc.postgresql.secretKey" . }}
 {{- end }}
 
+{{/*
+OMP_NUM_THREADS from the container's own CPU limit (the Downward API rounds up; without a limit, the node's
+allocatable CPUs): os.cpu_count() is the host's, and torch's and every other OpenMP pool would start one thread per
+host core, oversubscribing a limited container. For prep, inference and the check; the trainer's processes read
+the limit from their cgroup and share it (salesfc.cpus): the API server accepts no divisor but 1 and 1m for CPU.
+*/}}
+{{- define "salesfc.threadsEnv" -}}
+- name: OMP_NUM_THREADS
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
+{{- end }}
+
 {{/* Volumes of every salesfc pod: the shared claim and the feature store configuration. */}}
 {{- define "salesfc.volumes" -}}
 - name: shared
@@ -243,18 +257,21 @@ affinity:
 
 {{/*
 The training runtime's name. A ClusterTrainingRuntime is cluster-scoped, so its name carries the namespace too
-(two releases of the same name in two namespaces must not share one); cut to 63 with a hash when longer.
+(two releases of the same name in two namespaces must not share one). It ends in a hash of the spec fields the CRD
+makes immutable (spec.template.spec.failurePolicy: the API server refuses the patch), so changing them makes a new
+runtime, and a new TrainJob (its runtimeRef is immutable too); every other runtime change is patched in place and
+keeps the TrainJob. (Replacing the runtime in place is no way out: Trainer v2.1 keeps a runtime in use from being
+deleted.) Cut to 63 with a hash of the rest when longer.
 */}}
 {{- define "salesfc.runtimeName" -}}
+{{- $base := include "salesfc.componentName" (list . "trainer" 54) }}
 {{- if eq .Values.training.runtime.kind "ClusterTrainingRuntime" }}
-{{- $name := printf "%s-%s" (include "salesfc.fullname" .) .Release.Namespace }}
-{{- if gt (len $name) 63 }}
-{{- $name = printf "%s-%s" ($name | trunc 54 | trimSuffix "-") ($name | sha256sum | trunc 8) }}
+{{- $base = printf "%s-%s" (include "salesfc.fullname" .) .Release.Namespace }}
+{{- if gt (len $base) 54 }}
+{{- $base = printf "%s-%s" ($base | trunc 45 | trimSuffix "-") ($base | sha256sum | trunc 8) }}
 {{- end }}
-{{- $name }}
-{{- else }}
-{{- include "salesfc.componentName" (list . "trainer" 63) }}
 {{- end }}
+{{- printf "%s-%s" $base (include "salesfc.training.runtimeImmutable" . | sha256sum | trunc 8) }}
 {{- end }}
 
 {{/* nvidia.com/gpu added to requests and limits when the profile asks for GPUs. */}}
@@ -376,6 +393,7 @@ spec:
         - infer
       env:
         {{- include "salesfc.storeEnv" . | nindent 8 }}
+        {{- include "salesfc.threadsEnv" . | nindent 8 }}
         - name: SALESFC_RUN_ID
           value: {{ include "salesfc.trainJobName" . | quote }}
         - name: SALESFC_DATA_ID
@@ -417,6 +435,9 @@ name, so a retrain is a new inference Job too; the same values keep the same Job
 {{- end }}
 {{- if and (eq $t.device "cpu") (gt (int $t.gpusPerNode) 0) }}
 {{- fail (printf "training.device is cpu but training.gpusPerNode is %d: the GPUs would sit idle; use device cuda or auto" (int $t.gpusPerNode)) }}
+{{- end }}
+{{- if and (not .Values.sharedStorage.existingClaim) (eq .Values.sharedStorage.accessMode "ReadWriteOnce") (gt (int $t.numNodes) 1) }}
+{{- fail (printf "sharedStorage.accessMode ReadWriteOnce cannot serve training.numNodes %d: a ReadWriteOnce volume attaches to one node, so the other trainer nodes never start. Use ReadWriteMany (a class that supports it, e.g. NFS or CephFS) or training.numNodes 1 (see \"Shared storage\" in the chart README)" (int $t.numNodes)) }}
 {{- end }}
 {{- if .Values.postgresql.external.enabled }}
 {{- if not .Values.postgresql.external.host }}

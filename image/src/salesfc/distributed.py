@@ -18,6 +18,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from salesfc import cpus
+
 log = logging.getLogger(__name__)
 
 
@@ -93,10 +95,8 @@ def setup(device_setting: str) -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_setting, local_rank)
     if device.type == "cpu":
-        # torchrun leaves one thread per process by default; spread this node's cores over its processes.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        if "OMP_NUM_THREADS" not in os.environ or local_world == 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # The container's CPUs, not the host's, spread over this node's processes (salesfc.cpus).
+        torch.set_num_threads(cpus.threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30),

@@ -1,0 +1,143 @@
+"""Helpers of the cluster tier: Helm against the bed, and reading what the controllers built."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import control_plane
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "salesfc"
+TOOLS_BIN = control_plane.TOOLS / "bin"
+
+# Each Trainer end is driven by a different Helm major: both clients meet a real server.
+HELM_FOR_TRAINER = {"v2.1.0": "helm3", "v2.3.0": "helm4"}
+
+ON_ALL = pytest.mark.parametrize("bed", control_plane.TRAINER_VERSIONS, indirect=True, scope="session")
+ON_LATEST = pytest.mark.parametrize("bed", control_plane.TRAINER_VERSIONS[-1:], indirect=True, scope="session")
+
+_names = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid() % 10000}-{next(_names)}"
+
+
+def helm(bed: control_plane.Bed, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    home = bed.root / "helm-home"
+    env = {**bed.env(), "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data")}
+    binary = TOOLS_BIN / HELM_FOR_TRAINER[bed.trainer]
+    result = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{binary.name} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def values_args(files: list[str], sets: dict | None = None) -> list[str]:
+    args = []
+    for f in files:
+        args += ["-f", str(REPO / f)]
+    for key, value in (sets or {}).items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def install(bed, release: str, namespace: str, files: list[str], sets: dict | None = None,
+            extra: tuple[str, ...] = ("--wait", "--timeout", "4m")) -> subprocess.CompletedProcess:
+    return helm(bed, "install", release, str(CHART), "-n", namespace, "--create-namespace",
+                *values_args(files, sets), *extra)
+
+
+def upgrade(bed, release: str, namespace: str, files: list[str], sets: dict | None = None):
+    return helm(bed, "upgrade", release, str(CHART), "-n", namespace, *values_args(files, sets),
+                "--wait", "--timeout", "4m")
+
+
+def manifest(bed, release: str, namespace: str) -> list[dict]:
+    """The release's objects as the API server got them (a v1 List arrives as its items)."""
+    out = helm(bed, "get", "manifest", release, "-n", namespace).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return [item for d in docs for item in (d["items"] if d["kind"] == "List" else [d])]
+
+
+def items(bed, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
+    args = [kind]
+    args += ["-n", namespace] if namespace else []
+    args += ["-l", selector] if selector else []
+    return bed.get(*args)["items"]
+
+
+def wait_for(what: str, attempt, timeout: float = 120, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = attempt()
+            if value:
+                return value
+            last = value
+        except (control_plane.BedError, KeyError, IndexError, StopIteration) as error:
+            last = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def condition(obj: dict, kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True"
+               for c in obj.get("status", {}).get("conditions", []))
+
+
+def trainjobs(bed, namespace: str) -> list[dict]:
+    return items(bed, "trainjobs.trainer.kubeflow.org", namespace)
+
+
+def jobset(bed, namespace: str, name: str, timeout: float = 90) -> dict:
+    return wait_for(f"JobSet {namespace}/{name}",
+                    lambda: bed.get("jobsets.jobset.x-k8s.io", "-n", namespace, name), timeout=timeout)
+
+
+def wait_trainjob_complete(bed, namespace: str, name: str, timeout: float = 120) -> dict:
+    def done():
+        tj = bed.get("trainjobs.trainer.kubeflow.org", "-n", namespace, name)
+        if condition(tj, "Failed"):
+            raise AssertionError(f"TrainJob {namespace}/{name} failed: {json.dumps(tj.get('status'))}")
+        return tj if condition(tj, "Complete") else None
+    return wait_for(f"TrainJob {namespace}/{name} to complete", done, timeout=timeout)
+
+
+def node_job(js: dict) -> dict:
+    return next(r for r in js["spec"]["replicatedJobs"] if r["name"] == "node")
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def create_namespace(bed, name: str) -> None:
+    bed.kubectl("create", "namespace", name)
+
+
+def what_is_left(bed, namespace: str) -> set[tuple[str, str]]:
+    """(kind, name) of every object left in the namespace, but what Kubernetes itself puts in every namespace."""
+    kinds = ("pods,jobs,statefulsets,services,configmaps,secrets,serviceaccounts,persistentvolumeclaims,"
+             "networkpolicies,roles,rolebindings,trainjobs.trainer.kubeflow.org,"
+             "trainingruntimes.trainer.kubeflow.org,jobsets.jobset.x-k8s.io")
+    left = set()
+    for obj in items(bed, kinds, namespace):
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if (kind, name) in {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")}:
+            continue
+        if obj["metadata"].get("deletionTimestamp"):
+            continue
+        left.add((kind, name))
+    return left

@@ -1,0 +1,193 @@
+"""Each hardware profile and chart-testing values file, installed on the control plane: admitted, trained, tested,
+uninstalled to exactly what the chart README says is kept."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from clusterlib import (CHART, ON_LATEST, REPO, condition, create_namespace, env_of, helm, install, items, jobset,
+                        manifest, node_job, trainjobs, unique, wait_for, wait_trainjob_complete, what_is_left)
+
+pytestmark = pytest.mark.cluster
+
+PROFILES = {
+    "cpu": ["values/cpu.yaml"],
+    "gpu1": ["values/gpu1.yaml"],
+    "gpu4": ["values/gpu4.yaml"],
+    "external-postgres": ["values/cpu.yaml", "values/external-postgres.yaml"],
+    "openshift": ["values/gpu4.yaml", "values/openshift.yaml"],
+    "ci-default": ["charts/salesfc/ci/default-values.yaml"],
+    "ci-external-postgres": ["charts/salesfc/ci/external-postgres-values.yaml"],
+    "ci-gpu4-openshift": ["charts/salesfc/ci/gpu4-openshift-values.yaml"],
+    "ci-namespaced-kaggle": ["charts/salesfc/ci/namespaced-kaggle-values.yaml"],
+}
+
+
+def merged_values(files: list[str], sets: dict | None = None) -> dict:
+    """The chart's values as Helm merges them (values.yaml, then each file; maps merge, the rest replaces)."""
+    def merge(base, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for f in files:
+        merge(values, yaml.safe_load((REPO / f).read_text()) or {})
+    return values
+
+
+def secret(name: str, **data: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def claim(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+def prerequisites(profile: str, values: dict, postgres_server) -> tuple[list[dict], dict]:
+    """What a user creates before installing this profile, and --set values pointing at the in-test server."""
+    external = values["postgresql"]["external"]
+    objects, sets = [], {}
+    if external["enabled"]:
+        objects.append(secret(external["existingSecret"], **{external["secretKey"]: postgres_server.password}))
+        sets = {"postgresql.external.host": postgres_server.host, "postgresql.external.port": postgres_server.port,
+                "postgresql.external.user": postgres_server.user, "postgresql.external.database": "postgres"}
+    if profile == "ci-namespaced-kaggle":
+        objects += [claim(values["data"]["kaggle"]["existingClaim"]), claim(values["sharedStorage"]["existingClaim"]),
+                    secret(values["postgresql"]["auth"]["existingSecret"], password="kept-by-the-team"),
+                    {"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": {"name": values["serviceAccount"]["name"]}}]
+    return objects, sets
+
+
+def check_node_job(bed, namespace: str, rendered_tj: dict, values: dict) -> dict:
+    """The JobSet the Trainer built: nodes, processes, resources, tolerations and volumes as requested."""
+    training = values["training"]
+    assert not [e for e in rendered_tj["spec"]["trainer"].get("env", []) if e["name"].startswith("PET_")], \
+        "the chart sets PET_* itself; the Trainer must"
+    js = jobset(bed, namespace, rendered_tj["metadata"]["name"])
+    job = node_job(js)["template"]["spec"]
+    assert job["parallelism"] == job["completions"] == training["numNodes"]
+    pod = job["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "node")
+    env = env_of(container)
+    assert env["PET_NNODES"] == str(training["numNodes"])
+    assert env["PET_NPROC_PER_NODE"] == str(training["numProcPerNode"])
+    assert env["PET_MASTER_PORT"] == "29500"
+    assert "PET_NODE_RANK" in env and "PET_MASTER_ADDR" in env
+    limits = container["resources"]["limits"]
+    for key, value in training["resources"]["limits"].items():
+        assert str(limits[key]) == str(value), (key, limits)
+    gpus = training["gpusPerNode"]
+    assert str(limits.get("nvidia.com/gpu", 0)) == str(gpus)
+    for toleration in training["tolerations"]:
+        assert toleration in pod.get("tolerations", [])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
+    shared = values["sharedStorage"]["existingClaim"] or None
+    assert claims and (shared is None or shared in claims)
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    return js
+
+
+def check_database_settings(bed, namespace: str, job: dict) -> None:
+    """The settings a pod gets (host, port, database, user, the password from the Secret) open the server."""
+    import psycopg
+
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    ref = next(e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "SALESFC_PG_PASSWORD")
+    data = bed.get("secret", "-n", namespace, ref["name"])["data"]
+    password = base64.b64decode(data[ref["key"]]).decode()
+    # The in-test server speaks no TLS; sslmode has a test of its own.
+    with psycopg.connect(host=env["SALESFC_PG_HOST"], port=int(env["SALESFC_PG_PORT"]),
+                         dbname=env["SALESFC_PG_DATABASE"], user=env["SALESFC_PG_USER"], password=password,
+                         sslmode="disable", connect_timeout=10) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@ON_LATEST
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_server):
+    files = PROFILES[profile]
+    values = merged_values(files)
+    namespace = unique(profile)
+    create_namespace(bed, namespace)
+    objects, sets = prerequisites(profile, values, postgres_server)
+    if objects:
+        bed.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
+    release = "salesfc"
+    install(bed, release, namespace, files, sets)
+
+    rendered = manifest(bed, release, namespace)
+    rendered_tj = next(o for o in rendered if o["kind"] == "TrainJob")
+    live = trainjobs(bed, namespace)
+    assert [t["metadata"]["name"] for t in live] == [rendered_tj["metadata"]["name"]]
+    js = check_node_job(bed, namespace, rendered_tj, values)
+
+    pods = wait_for("the trainer pods", lambda: [
+        p for p in items(bed, "pods", namespace, f"jobset.sigs.k8s.io/jobset-name={js['metadata']['name']}")
+        if p["spec"].get("nodeName")] or None)
+    gpu_nodes = {p["spec"]["nodeName"] for p in pods}
+    if values["training"]["gpusPerNode"]:
+        assert gpu_nodes == {"gpu-0"}, "GPU trainer pods must land on the GPU node"
+    else:
+        assert "gpu-0" not in gpu_nodes, "CPU trainer pods must not take the tainted GPU node"
+
+    # Order, as the chart README tells it: the runtime, then the TrainJob and the inference Job with the release
+    # (their pods wait for their inputs), then the prep hook, which Helm waited for. (KWOK runs no code, so the
+    # waiting itself is not seen here; tests/integration runs the stages in order for real.)
+    prep = next(j for j in items(bed, "jobs", namespace) if j["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == "prep")
+    assert condition(prep, "Complete")
+    if values["postgresql"]["external"]["enabled"]:
+        check_database_settings(bed, namespace, prep)
+    wait_trainjob_complete(bed, namespace, rendered_tj["metadata"]["name"])
+    infer_name = next(o["metadata"]["name"] for o in rendered if o["kind"] == "Job")
+    infer = wait_for("the inference Job", lambda: (lambda j: j if condition(j, "Complete") else None)(
+        bed.get("job", "-n", namespace, infer_name)))
+    runtime = next(o for o in rendered if o["kind"] in ("ClusterTrainingRuntime", "TrainingRuntime"))
+    created = {kind: obj["metadata"]["creationTimestamp"] for kind, obj in (
+        ("runtime", bed.get(f"{runtime['kind'].lower()}s.trainer.kubeflow.org", *(
+            ["-n", namespace] if runtime["kind"] == "TrainingRuntime" else []), runtime["metadata"]["name"])),
+        ("trainjob", live[0]), ("infer", infer), ("prep", prep))}
+    assert created["runtime"] <= created["trainjob"] <= created["prep"], created
+    assert created["infer"] <= created["prep"], created
+
+    helm(bed, "test", release, "-n", namespace, "--timeout", "2m")
+
+    # Uninstall keeps what the README says: resources marked keep, the database claim, the hooks (prep, test).
+    hooks = [d for d in yaml.safe_load_all(helm(bed, "get", "hooks", release, "-n", namespace).stdout) if d]
+    expected = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    expected |= {(o["kind"], o["metadata"]["name"]) for o in rendered
+                 if o["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"}
+    expected |= {(h["kind"], h["metadata"]["name"]) for h in hooks}
+    for sts in (o for o in rendered if o["kind"] == "StatefulSet"):
+        if sts["spec"].get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted") == "Retain":
+            for template in sts["spec"]["volumeClaimTemplates"]:
+                expected.add(("PersistentVolumeClaim", f"{template['metadata']['name']}-{sts['metadata']['name']}-0"))
+    hook_jobs = {h["metadata"]["name"] for h in hooks if h["kind"] == "Job"}
+    helm(bed, "uninstall", release, "-n", namespace, "--wait", "--timeout", "2m")
+
+    def settled():
+        left = what_is_left(bed, namespace)
+        # A kept Job keeps its pods.
+        left = {(k, n) for k, n in left if not (k == "Pod" and any(n.startswith(f"{j}-") for j in hook_jobs))}
+        return left if left == expected else None
+    wait_for(f"exactly {sorted(expected)} to be left", settled, timeout=90)
+    if runtime["kind"] == "ClusterTrainingRuntime":
+        left = bed.kubectl("get", "clustertrainingruntimes.trainer.kubeflow.org", runtime["metadata"]["name"],
+                           check=False)
+        assert left.returncode != 0 and "NotFound" in left.stderr
+    uninstall_section = (CHART / "README.md").read_text().split("## Uninstall")[1].split("\n## ")[0]
+    described = {"Job": "prep Job", "Pod": "`helm test` pod"}
+    for kind, name in expected:
+        if kind in described:
+            assert described[kind] in uninstall_section, f"the chart README does not say {kind} {name} is kept"

@@ -1,0 +1,82 @@
+"""Upgrades, a second release, installs in a row and a lost trainer pod, against the real controllers."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterlib import (ON_ALL, ON_LATEST, condition, helm, install, jobset, manifest, trainjobs, unique,
+                        upgrade, wait_for, wait_trainjob_complete)
+import control_plane
+
+pytestmark = pytest.mark.cluster
+
+CPU = ["values/cpu.yaml"]
+
+
+def the_trainjob(bed, namespace: str) -> dict:
+    live = trainjobs(bed, namespace)
+    assert len(live) == 1, [t["metadata"]["name"] for t in live]
+    return live[0]
+
+
+@ON_ALL
+def test_upgrade_retrains_only_when_training_changes(bed):
+    namespace = unique("upgrade")
+    install(bed, "salesfc", namespace, CPU)
+    first = the_trainjob(bed, namespace)
+    wait_trainjob_complete(bed, namespace, first["metadata"]["name"])
+
+    upgrade(bed, "salesfc", namespace, CPU)
+    same = the_trainjob(bed, namespace)
+    assert same["metadata"]["uid"] == first["metadata"]["uid"], "an upgrade that changes nothing retrained"
+
+    upgrade(bed, "salesfc", namespace, CPU, {"training.epochs": 41})
+    second = wait_for("the old TrainJob to go", lambda: (lambda t: t if len(t) == 1 else None)(
+        trainjobs(bed, namespace)))[0]
+    assert second["metadata"]["name"] != first["metadata"]["name"]
+    assert {e["name"]: e.get("value") for e in second["spec"]["trainer"]["env"]}["SALESFC_EPOCHS"] == "41"
+    jobset(bed, namespace, second["metadata"]["name"])
+    wait_trainjob_complete(bed, namespace, second["metadata"]["name"])
+    helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
+
+
+@ON_LATEST
+def test_same_release_name_in_two_namespaces_does_not_collide(bed):
+    spaces = [unique("twin"), unique("twin")]
+    for namespace in spaces:
+        install(bed, "salesfc", namespace, CPU)
+    runtimes = [next(o["metadata"]["name"] for o in manifest(bed, "salesfc", ns)
+                     if o["kind"] == "ClusterTrainingRuntime") for ns in spaces]
+    assert runtimes[0] != runtimes[1]
+    for namespace in spaces:
+        wait_trainjob_complete(bed, namespace, the_trainjob(bed, namespace)["metadata"]["name"])
+    helm(bed, "uninstall", "salesfc", "-n", spaces[0], "--wait")
+    # The other release's runtime and training are untouched.
+    bed.get("clustertrainingruntimes.trainer.kubeflow.org", runtimes[1])
+    assert condition(the_trainjob(bed, spaces[1]), "Complete")
+    helm(bed, "uninstall", "salesfc", "-n", spaces[1], "--wait")
+
+
+@ON_LATEST
+def test_a_lost_trainer_pod_restarts_the_jobset_within_the_limit(bed):
+    """The bed fails every pod of a JobSet's first attempt in this namespace (a lost node): with a restart
+    allowed, the JobSet starts a second attempt that completes; with none, the training fails for good."""
+    namespace = control_plane.FAIL_ONCE_NAMESPACE
+    install(bed, "salesfc", namespace, CPU, {"training.maxRestarts": 1})
+    tj = the_trainjob(bed, namespace)
+    done = wait_trainjob_complete(bed, namespace, tj["metadata"]["name"], timeout=180)
+    js = bed.get("jobsets.jobset.x-k8s.io", "-n", namespace, tj["metadata"]["name"])
+    assert js["status"].get("restarts") == 1, js["status"]
+    assert condition(done, "Complete")
+
+    # Only the runtime changes: a new runtime (failurePolicy is immutable) and so a new TrainJob.
+    upgrade(bed, "salesfc", namespace, CPU, {"training.maxRestarts": 0})
+    old = tj["metadata"]["name"]
+    tj = wait_for("the new TrainJob alone", lambda: (lambda t: t[0] if len(t) == 1 and t[0]["metadata"]["name"]
+                                                     != old else None)(trainjobs(bed, namespace)))
+
+    def failed_for_good():
+        live = bed.get("trainjobs.trainer.kubeflow.org", "-n", namespace, tj["metadata"]["name"])
+        return live if condition(live, "Failed") else None
+    wait_for("the TrainJob without restarts to fail", failed_for_good, timeout=180)
+    helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
