@@ -80,3 +80,24 @@ def test_a_lost_trainer_pod_restarts_the_jobset_within_the_limit(bed):
         return live if condition(live, "Failed") else None
     wait_for("the TrainJob without restarts to fail", failed_for_good, timeout=180)
     helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
+
+
+@ON_LATEST
+def test_a_new_database_volume_size_is_refused_with_what_to_do(bed):
+    """The API server refuses any change of a StatefulSet's volume claim template, and with it the whole upgrade;
+    the chart says so first, naming the claim to resize instead."""
+    namespace = unique("pgsize")
+    install(bed, "salesfc", namespace, CPU)
+    statefulset = next(o["metadata"]["name"] for o in manifest(bed, "salesfc", namespace) if o["kind"] == "StatefulSet")
+    server = bed.kubectl("patch", "-n", namespace, "statefulset", statefulset, "--type=json", "-p",
+                         '[{"op": "replace", "path": "/spec/volumeClaimTemplates/0/spec/resources/requests/storage",'
+                         ' "value": "9Gi"}]', check=False)
+    assert server.returncode != 0 and "Forbidden" in server.stderr, server.stderr
+    result = helm(bed, "upgrade", "salesfc", str(control_plane.REPO / "charts" / "salesfc"), "-n", namespace,
+                  "-f", str(control_plane.REPO / "values" / "cpu.yaml"), "--set", "postgresql.persistence.size=9Gi",
+                  check=False)
+    assert result.returncode != 0
+    assert "postgresql.persistence.size cannot change from 8Gi to 9Gi" in result.stderr, result.stderr
+    assert f"data-{statefulset}-0" in result.stderr
+    assert "STATUS: deployed" in helm(bed, "status", "salesfc", "-n", namespace).stdout
+    helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
