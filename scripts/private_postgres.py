@@ -71,7 +71,8 @@ def _run(command: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def private_server() -> Iterator[PostgresServer]:
+def private_server(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresServer]:
+    """tls: (certificate, key) files to serve TLS with (the server still accepts plain connections)."""
     bindir = _pg_bindir()
     # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
     root = Path(tempfile.mkdtemp(prefix="salesfc-pg-"))
@@ -81,14 +82,23 @@ def private_server() -> Iterator[PostgresServer]:
     (root / "pwfile").write_text(password + "\n")
     # initdb refuses to run as root: run the server as the package's postgres user then.
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    owned = [root, sockets, root / "pwfile"]
+    if tls:
+        # The server refuses a key that others can read.
+        for source, name in zip(tls, ("server.crt", "server.key")):
+            shutil.copyfile(source, root / name)
+            (root / name).chmod(0o600)
+            owned.append(root / name)
     if run_as:
-        for path in (root, sockets, root / "pwfile"):
+        for path in owned:
             shutil.chown(path, "postgres")
     try:
         _run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "salesfc", "--auth=scram-sha-256",
               f"--pwfile={root / 'pwfile'}", "-E", "UTF8"])
         port = _free_port()
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        if tls:
+            options += f" -c ssl=on -c ssl_cert_file={root / 'server.crt'} -c ssl_key_file={root / 'server.key'}"
         _run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
               "start"])
         yield PostgresServer("127.0.0.1", port, "salesfc", password, bindir)

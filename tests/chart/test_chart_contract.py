@@ -90,8 +90,12 @@ def test_each_command_gets_only_its_settings_and_they_parse(files):
                 field = item.get("valueFrom", {}).get("resourceFieldRef", {})
                 if field.get("resource") != "limits.cpu":
                     problems.append(f"{where}: OMP_NUM_THREADS must come from the container's limits.cpu")
+            elif name == "PGSSLROOTCERT":
+                # libpq's own: the external server's CA (mounted from postgresql.external.caSecret) or "system".
+                if item.get("value") not in ("/etc/salesfc-db-ca/ca.crt", "system"):
+                    problems.append(f"{where}: PGSSLROOTCERT is {item.get('value')!r}")
             elif not name.startswith("SALESFC_"):
-                problems.append(f"{where}: {name} is set (only SALESFC_* settings and OMP_NUM_THREADS belong here)")
+                problems.append(f"{where}: {name} is set (only SALESFC_* settings, OMP_NUM_THREADS and PGSSLROOTCERT belong here)")
             elif name == settings.PASSWORD_ENV:
                 if set(item) != {"name", "valueFrom"} or "secretKeyRef" not in item["valueFrom"]:
                     problems.append(f"{where}: {name} must come from a secretKeyRef")

@@ -63,6 +63,8 @@ BAD_COMBINATIONS = [
     ({"training": {"gpusPerNode": 1, "numProcPerNode": 1, "device": "cpu"}}, "training.device is cpu"),
     ({"postgresql": {"external": {"enabled": True, "existingSecret": "db"}}}, "postgresql.external.host"),
     ({"postgresql": {"external": {"enabled": True, "host": "db"}}}, "postgresql.external.existingSecret"),
+    ({"postgresql": {"external": {"enabled": True, "host": "db", "existingSecret": "db", "sslmode": "verify-full"}}},
+     "postgresql.external.sslmode verify-full verifies the server's certificate against a CA, but none is given"),
     ({"sharedStorage": {"accessMode": "ReadWriteOnce"}, "training": {"numNodes": 2}},
      "sharedStorage.accessMode ReadWriteOnce cannot serve training.numNodes 2"),
     ({"sharedStorage": {"accessMode": "ReadWriteOnce"}, "training": {"maxRestarts": 0, "numNodes": 3}},

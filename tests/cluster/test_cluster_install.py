@@ -4,6 +4,9 @@ uninstalled to exactly what the chart README says is kept."""
 from __future__ import annotations
 
 import base64
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -57,6 +60,8 @@ def prerequisites(profile: str, values: dict, postgres_server) -> tuple[list[dic
     objects, sets = [], {}
     if external["enabled"]:
         objects.append(secret(external["existingSecret"], **{external["secretKey"]: postgres_server.password}))
+        if external.get("caSecret"):
+            objects.append(secret(external["caSecret"], **{external["caSecretKey"]: a_ca_certificate()}))
         sets = {"postgresql.external.host": postgres_server.host, "postgresql.external.port": postgres_server.port,
                 "postgresql.external.user": postgres_server.user, "postgresql.external.database": "postgres"}
     if profile == "ci-namespaced-kaggle":
@@ -95,6 +100,28 @@ def check_node_job(bed, namespace: str, rendered_tj: dict, values: dict) -> dict
     assert claims and (shared is None or shared in claims)
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     return js
+
+
+def a_ca_certificate() -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{folder}/ca.key",
+                        "-out", f"{folder}/ca.crt", "-days", "1", "-subj", "/CN=salesfc-cluster-test-ca"],
+                       check=True, capture_output=True)
+        return Path(folder, "ca.crt").read_text()
+
+
+def check_ca_mount(job: dict, external: dict) -> None:
+    """With a CA Secret, libpq's PGSSLROOTCERT names the certificate mounted from it."""
+    spec = job["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    root_cert = env_of(container).get("PGSSLROOTCERT")
+    if not external.get("caSecret"):
+        assert root_cert is None
+        return
+    volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == external["caSecret"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert root_cert == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    assert volume["secret"]["items"][0]["key"] == external["caSecretKey"]
 
 
 def check_database_settings(bed, namespace: str, job: dict) -> None:
@@ -149,6 +176,7 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     assert condition(prep, "Complete")
     if values["postgresql"]["external"]["enabled"]:
         check_database_settings(bed, namespace, prep)
+        check_ca_mount(prep, values["postgresql"]["external"])
     wait_trainjob_complete(bed, namespace, rendered_tj["metadata"]["name"])
     infer_name = next(o["metadata"]["name"] for o in rendered if o["kind"] == "Job")
     infer = wait_for("the inference Job", lambda: (lambda j: j if condition(j, "Complete") else None)(

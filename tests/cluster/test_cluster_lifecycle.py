@@ -1,11 +1,11 @@
-"""Upgrades, a second release, installs in a row and a lost trainer pod, against the real controllers."""
+"""Upgrades, a second release, a lost trainer pod and a refused database change, against the real controllers."""
 
 from __future__ import annotations
 
 import pytest
 
-from clusterlib import (ON_ALL, ON_LATEST, condition, helm, install, jobset, manifest, trainjobs, unique,
-                        upgrade, wait_for, wait_trainjob_complete)
+from clusterlib import (ON_ALL, ON_LATEST, condition, helm, install, jobset, manifest, precreate_runtime, trainjobs,
+                        unique, upgrade, wait_for, wait_trainjob_complete)
 import control_plane
 
 pytestmark = pytest.mark.cluster
@@ -22,6 +22,8 @@ def the_trainjob(bed, namespace: str) -> dict:
 @ON_ALL
 def test_upgrade_retrains_only_when_training_changes(bed):
     namespace = unique("upgrade")
+    if bed.trainer == "v2.1.0":
+        precreate_runtime(bed, "salesfc", namespace, CPU)
     install(bed, "salesfc", namespace, CPU)
     first = the_trainjob(bed, namespace)
     wait_trainjob_complete(bed, namespace, first["metadata"]["name"])

@@ -177,6 +177,14 @@ PostgreSQL settings its ${SALESFC_PG_*} placeholders are filled from. The passwo
   value: {{ include "salesfc.postgresql.user" . | quote }}
 - name: SALESFC_PG_SSLMODE
   value: {{ include "salesfc.postgresql.sslmode" . | quote }}
+{{- if include "salesfc.postgresql.caSecret" . }}
+# libpq's own variable: every connection (salesfc's, Feast's) verifies the server with this CA.
+- name: PGSSLROOTCERT
+  value: /etc/salesfc-db-ca/ca.crt
+{{- else if and .Values.postgresql.external.enabled .Values.postgresql.external.systemRoots }}
+- name: PGSSLROOTCERT
+  value: system
+{{- end }}
 - name: SALESFC_PG_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -209,6 +217,19 @@ the limit from their cgroup and share it (salesfc.cpus): the API server accepts 
     items:
       - key: feature_store.yaml
         path: feature_store.yaml
+{{- with include "salesfc.postgresql.caSecret" . }}
+- name: db-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.postgresql.external.caSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
+
+{{/* The external server's CA Secret, when one is used (empty otherwise). */}}
+{{- define "salesfc.postgresql.caSecret" -}}
+{{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.caSecret }}{{ end }}
 {{- end }}
 
 {{- define "salesfc.volumeMounts" -}}
@@ -217,6 +238,11 @@ the limit from their cgroup and share it (salesfc.cpus): the API server accepts 
 - name: feature-store
   mountPath: /etc/salesfc
   readOnly: true
+{{- if include "salesfc.postgresql.caSecret" . }}
+- name: db-ca
+  mountPath: /etc/salesfc-db-ca
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* Pod-level settings every salesfc pod shares (prep, infer, test; the trainer adds its own scheduling). */}}
@@ -442,6 +468,9 @@ name, so a retrain is a new inference Job too; the same values keep the same Job
 {{- if .Values.postgresql.external.enabled }}
 {{- if not .Values.postgresql.external.host }}
 {{- fail "postgresql.external.enabled is true but postgresql.external.host is empty" }}
+{{- end }}
+{{- if and (has .Values.postgresql.external.sslmode (list "verify-ca" "verify-full")) (not .Values.postgresql.external.caSecret) (not .Values.postgresql.external.systemRoots) }}
+{{- fail (printf "postgresql.external.sslmode %s verifies the server's certificate against a CA, but none is given, so no connection can succeed: put the CA certificate in a Secret and name it in postgresql.external.caSecret (key postgresql.external.caSecretKey), or set postgresql.external.systemRoots: true for a certificate from a public CA" .Values.postgresql.external.sslmode) }}
 {{- end }}
 {{- if not .Values.postgresql.external.existingSecret }}
 {{- fail "postgresql.external.enabled is true but postgresql.external.existingSecret is empty: create a Secret with the password and name it here" }}

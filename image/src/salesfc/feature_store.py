@@ -81,6 +81,11 @@ def export_pg_environment(config) -> None:
     })
 
 
+# libpq's words for a certificate that will not verify however long one waits.
+CERTIFICATE_ERRORS = ("certificate verify failed", "root certificate file", "does not match host name",
+                      "server certificate for")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A PostgreSQL server the configured store uses (registry, offline or online store)."""
@@ -105,8 +110,14 @@ class Endpoint:
         try:
             with self.connect(timeout=5) as conn:
                 conn.execute("SELECT 1")
-        except Exception as err:  # psycopg raises several kinds; all mean "not yet"
-            return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        except Exception as err:  # psycopg raises several kinds; all but a certificate problem mean "not yet"
+            text = str(err).strip()
+            if any(sign in text for sign in CERTIFICATE_ERRORS):
+                raise UserError(f"{self}: the server's TLS certificate does not verify with sslmode={self.sslmode} "
+                                f"(root certificates: {os.environ.get('PGSSLROOTCERT') or '~/.postgresql/root.crt'}):"
+                                f" {text.splitlines()[0]}. Give the CA that signed the server's certificate (the "
+                                "chart: postgresql.external.caSecret), or a weaker sslmode") from err
+            return text.splitlines()[0] if text else type(err).__name__
         return None
 
 
