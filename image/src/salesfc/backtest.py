@@ -32,7 +32,7 @@ import pandas as pd
 from salesfc import baselines, distributed, feature_store, metrics
 from salesfc.dataset import Split
 from salesfc.errors import UserError
-from salesfc.infer import Forecaster, holiday_weeks, score
+from salesfc.infer import FLOOR_LABEL, Forecaster, holiday_weeks, score
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
@@ -138,13 +138,13 @@ def text_table(summary: dict) -> list[str]:
     """WMAE per fold and the mean over folds (the figure accuracy claims use), one line per forecaster."""
     names = [n for n in COLUMNS if n in summary["forecasters"]] + \
         (["noise_floor"] if "noise_floor" in summary["forecasters"] else [])
-    head = f"{'WMAE ($)':<24}" + "".join(f"{f['from']:>12}" for f in summary["folds"]) + f"{'mean':>12}"
+    head = f"{'WMAE ($)':<28}" + "".join(f"{f['from']:>12}" for f in summary["folds"]) + f"{'mean':>12}"
     lines = [head]
     for name in names:
-        label = "noise floor (MAE only)" if name == "noise_floor" else name
-        lines.append(f"{label:<24}" + "".join(f"{f['all_weeks'][name]['wmae']:>12,.0f}" for f in summary["folds"])
+        label = FLOOR_LABEL if name == "noise_floor" else name
+        lines.append(f"{label:<28}" + "".join(f"{f['all_weeks'][name]['wmae']:>12,.0f}" for f in summary["folds"])
                      + f"{summary['mean'][name]['wmae']:>12,.0f}")
-    lines.append(f"{'holiday weeks in fold':<24}" + "".join(f"{len(f['holidays']):>12}" for f in summary["folds"]))
+    lines.append(f"{'holiday weeks in fold':<28}" + "".join(f"{len(f['holidays']):>12}" for f in summary["folds"]))
     return lines
 
 
@@ -175,7 +175,7 @@ def plot(table: pd.DataFrame, summary: dict, path) -> None:
     if "noise_floor" in summary["forecasters"]:
         for k, f in enumerate(summary["folds"]):
             top.hlines(f["all_weeks"]["noise_floor"]["wmae"], k - width / 2, k + 0.8 - width / 2, colors="tab:red",
-                       linestyles=":", label="noise floor (MAE only)" if k == 0 else None)
+                       linestyles=":", label=FLOOR_LABEL if k == 0 else None)
     top.set_xticks(np.arange(len(summary["folds"])) + 0.4 - width / 2,
                    [f"{f['from']} to {f['to']}\n{', '.join(h.rsplit(' ', 1)[0] for h in f['holidays']) or 'no holiday'}"
                     for f in summary["folds"]], fontsize=8)
@@ -233,15 +233,13 @@ def run(config) -> int:
         table.to_parquet(tmp, index=False)
     write_json(out / "backtest.json", result)
     plot(table, summary, out / "backtest.png")
-    lines = text_table(summary)
+    lines, holidays = text_table(summary), holiday_lines(summary)
     write_text(out / "backtest.md", "\n".join([
         f"# Backtest {backtest_id}", "", f"Data: {manifest['source']}. Weather, fuel, CPI, unemployment and "
         "markdowns of a forecast week are its recorded values (the Kaggle convention), not forecasts of them.", "",
-        "```", *lines, "```", "", *[f"- {line}" for line in holiday_lines(summary)], "",
+        "```", *lines, "```", "", *[f"- {line}" for line in holidays], "",
         f"Model against the tree peer, mean WMAE over folds: {gap:+.1%}.", "", "![backtest](backtest.png)", ""]))
-    for line in lines:
-        print("  " + line)
-    for line in holiday_lines(summary):
+    for line in lines + holidays:
         print("  " + line)
     print(f"backtest: mean WMAE over folds: model ${mean['model']['wmae']:,.0f}, tree peer "
           f"${mean[baselines.PEER]['wmae']:,.0f} ({gap:+.1%}; negative: the model is better)")

@@ -115,7 +115,14 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
             info = read_json(cache / f"{key}.json")
             log.info("tree peer: cached forecasts %s (fitted in %.0f s)", key, info["fit_seconds"])
             return {**info, "forecast": stored["forecast"].to_numpy(), "cached": True}
-    result = _fit_tree_peer(preprocessor, train, val, rows, seed)
+    from threadpoolctl import threadpool_limits
+
+    from salesfc import cpus
+
+    # scikit-learn's OpenMP pool would take one thread per host core; in a pod limited to fewer CPUs those threads
+    # are throttled and wait for each other. Take the container's budget, as training does.
+    with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
+        result = _fit_tree_peer(preprocessor, train, val, rows, seed)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache / f"{key}.parquet") as tmp:

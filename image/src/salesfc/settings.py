@@ -160,7 +160,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
     Setting("embed_dim", "Size of the store and department embeddings.", 8, positive_int, commands=TRAIN),
     Setting("members", "Networks in the ensemble: trained side by side on the same batches from their own initial "
-            "weights, averaged when forecasting (costs that many times the compute; steadier across seeds).", 1,
+            "weights, averaged when forecasting (costs that many times the compute; steadier across seeds and about 1 percent lower "
+            "backtest WMAE than one network, see bench/README.md).", 3,
             positive_int, commands=TRAIN),
     Setting("patience", "Early stopping: epochs without a better validation loss before stopping.", 6,
             positive_int, commands=TRAIN),
