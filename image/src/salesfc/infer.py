@@ -22,15 +22,13 @@ import torch
 from salesfc import baselines, feature_store, metrics
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
+from salesfc.data import HOLIDAY_NAMES
 from salesfc.errors import UserError
-from salesfc.data import HOLIDAYS
 from salesfc.tables import TIMESTAMP, split_store_dept, utc_weeks
 from salesfc.waiting import wait_for
 from salesfc.workspace import Workspace, atomic_path, read_json, wait_for_manifest, write_json
 
 log = logging.getLogger(__name__)
-
-HOLIDAY_NAMES = {pd.Timestamp(day): name.replace("_", " ").title() for name, days in HOLIDAYS.items() for day in days}
 
 
 def resolve_run(config) -> str:

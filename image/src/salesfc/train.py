@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from salesfc import distributed, metrics, settings
+from salesfc import cpus, distributed, metrics, settings
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.errors import UserError
@@ -68,8 +68,8 @@ def launch(config, nproc: int) -> int:
                f"--nproc-per-node={nproc}", "-m", "salesfc", "train", *settings.as_flags(values, "train")]
     log.info("starting %d training processes: torchrun --nproc-per-node=%d -m salesfc train", nproc, nproc)
     env = dict(os.environ)
-    # torchrun would set 1 thread per process (and say so); share this machine's cores between them instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # torchrun would set 1 thread per process (and say so); share this container's CPUs between them instead.
+    env.setdefault("OMP_NUM_THREADS", str(cpus.threads_per_process(nproc)))
     return subprocess.call(command, env=env)
 
 

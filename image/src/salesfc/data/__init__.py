@@ -29,7 +29,9 @@ HOLIDAYS = {
     "thanksgiving": ["2010-11-26", "2011-11-25", "2012-11-23", "2013-11-29"],
     "christmas": ["2010-12-31", "2011-12-30", "2012-12-28", "2013-12-27"],
 }
-HOLIDAY_DATES = frozenset(pd.Timestamp(day) for days in HOLIDAYS.values() for day in days)
+# Each flagged week (its Friday), named: "Thanksgiving", "Labor Day"...
+HOLIDAY_NAMES = {pd.Timestamp(day): name.replace("_", " ").title() for name, days in HOLIDAYS.items() for day in days}
+HOLIDAY_DATES = frozenset(HOLIDAY_NAMES)
 
 
 @dataclass
