@@ -79,9 +79,10 @@ def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame) -> tuple[dict[str, 
         "series_mean": mean,
     }
     lag_1 = rows["sales_lag_1"].to_numpy(dtype=float, na_value=np.nan)
+    unseen = ~rows["store_dept"].isin(train["store_dept"]).to_numpy()
+    # Each count is a number of rows of ``rows``: between 0 and len(rows), so the report's counts add up.
     fallbacks = {"last_value": int(np.isnan(lag_1).sum()), "seasonal_naive": int(np.isnan(seasonal).sum()),
-                 "moving_average_4": int(np.isnan(average).sum()),
-                 "series_mean": int(~rows["store_dept"].isin(train["store_dept"]).sum())}
+                 "moving_average_4": int(np.isnan(average).sum()), "series_mean": int(unseen.sum())}
     return forecasts, fallbacks
 
 
