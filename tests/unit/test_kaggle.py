@@ -88,3 +88,30 @@ def test_missing_values_in_optional_columns_are_kept(raw, tmp_path):
     loaded = kaggle.load(tmp_path)
     assert loaded.external["markdown1"].isna().any()
     assert np.isfinite(loaded.external["temperature"]).all()
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("train.csv", lambda text: "", "train.csv: the file is empty; it must start with the header Store,Dept,"),
+    ("stores.csv", lambda text: "\n\n", "stores.csv: the file is empty"),
+    ("train.csv", lambda text: text.replace("\n", "\n1,1,2010-02-05,12,5,FALSE\n", 1),
+     "train.csv, row 2: 6 fields where the header has 5; a comma inside a value"),
+    ("train.csv", lambda text: text.replace("\n", "\n1,1,2010-02-05\n", 1),
+     "train.csv, column Weekly_Sales, row 2: '' is missing"),  # a short row reads as empty fields
+    ("stores.csv", lambda text: text.replace("\n", '\n99,"A,1000\n', 1), "stores.csv, row 2: a quote"),
+])
+def test_malformed_files_give_one_line_naming_the_file_and_row(raw, tmp_path, name, change, message):
+    synthetic.to_kaggle_csvs(raw, tmp_path)
+    path = tmp_path / name
+    path.write_text(change(path.read_text()))
+    with pytest.raises(UserError) as caught:
+        kaggle.load(tmp_path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value).strip() and not str(caught.value).endswith("\n")
+
+
+def test_a_damaged_zip_is_one_clear_error(raw, tmp_path):
+    synthetic.to_kaggle_csvs(raw, tmp_path)
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "train.csv.zip").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(UserError, match="should hold train.csv is damaged .* download it again"):
+        kaggle.load(tmp_path)

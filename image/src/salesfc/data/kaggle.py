@@ -8,6 +8,7 @@ one error naming the file, the column and the row (1-based, counting the header 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,14 @@ MISSING = {"", "NA", "NaN", "nan", "NULL", "null"}
 
 
 def _read_bytes(folder: Path, name: str) -> bytes:
+    try:
+        return _find_bytes(folder, name)
+    except zipfile.BadZipFile as err:
+        raise UserError(f"{folder}: a zip file that should hold {name} is damaged ({err}); download it again"
+                        ) from None
+
+
+def _find_bytes(folder: Path, name: str) -> bytes:
     plain, zipped = folder / name, folder / f"{name}.zip"
     if plain.is_file():
         return plain.read_bytes()
@@ -52,11 +61,18 @@ def _read_bytes(folder: Path, name: str) -> bytes:
 
 def _parse(name: str, data: bytes) -> pd.DataFrame:
     text = data.decode("utf-8-sig", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as err:
-        raise UserError(f"{name}: not a readable CSV ({err})") from None
     expected = FILES[name]
+    if not text.strip():
+        raise UserError(f"{name}: the file is empty; it must start with the header {','.join(expected)} (download "
+                        "it again: an interrupted download leaves an empty file)")
+    try:
+        # header=None: the header is read as a row, so it fixes the number of fields and a longer row is an error.
+        # With a header row pandas would take a longer first row's extra field as an index and shift every column.
+        cells = pd.read_csv(io.StringIO(text), header=None, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        raise UserError(_parser_error(name, str(err))) from None
+    frame = cells.iloc[1:].reset_index(drop=True)
+    frame.columns = list(cells.iloc[0])
     missing = [column for column in expected if column not in frame.columns]
     if missing:
         raise UserError(f"{name}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
@@ -66,6 +82,21 @@ def _parse(name: str, data: bytes) -> pd.DataFrame:
     for column, kind in expected.items():
         out[column] = _convert(name, column, kind, frame[column].str.strip())
     return pd.DataFrame(out)
+
+
+def _parser_error(name: str, message: str) -> str:
+    """pandas' tokenizer error as one line in our words (its own message ends in a newline)."""
+    extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if extra:
+        expected, line, saw = extra.groups()
+        # pandas counts the header as line 1, as this module's rows do.
+        return (f"{name}, row {line}: {saw} fields where the header has {expected}; a comma inside a value (a "
+                "decimal comma, a thousands separator) must be removed or the value quoted")
+    if "EOF inside string" in message:
+        row = re.search(r"row (\d+)", message)
+        where = f", row {int(row.group(1)) + 1}" if row else ""
+        return f"{name}{where}: a quote (\") opens a value that never closes; remove it or close it"
+    return f"{name}: not a readable CSV ({' '.join(message.split())})"
 
 
 def _convert(name: str, column: str, kind: str, values: pd.Series) -> pd.Series:
