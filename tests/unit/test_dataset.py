@@ -8,6 +8,7 @@ import pytest
 from salesfc import features
 from salesfc.data import synthetic
 from salesfc.dataset import CATEGORIES, Preprocessor, Split
+from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP
 
 
@@ -30,16 +31,33 @@ def test_split_is_by_date(frame):
 
 
 def test_fit_reads_training_rows_only(frame):
+    from salesfc.train import training_arrays
+
     split = Split.from_weeks(frame[TIMESTAMP], 13, 26)
     part = split.part(frame[TIMESTAMP])
-    train = frame[part == 0]
-    a = Preprocessor.fit(train).params
-    # Wreck everything after training: the fitted parameters cannot move.
+    _, fitted, _ = training_arrays(frame, split)
+    # Wreck every validation and test row: what training fits (on the whole frame it is given) cannot move.
     wrecked = frame.copy()
     numeric = wrecked.select_dtypes("number").columns.difference(["store", "dept", "store_dept", "week_of_year"])
     wrecked.loc[part > 0, numeric] = wrecked.loc[part > 0, numeric] * 100 + 7
-    b = Preprocessor.fit(wrecked[part == 0]).params
-    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    _, refitted, _ = training_arrays(wrecked, split)
+    assert json.dumps(fitted.params, sort_keys=True) == json.dumps(refitted.params, sort_keys=True)
+    # ... while the same wreck of training rows does move it: the comparison above can fail.
+    wrecked_train = frame.copy()
+    wrecked_train.loc[part == 0, numeric] = wrecked_train.loc[part == 0, numeric] * 100 + 7
+    _, moved, _ = training_arrays(wrecked_train, split)
+    assert json.dumps(fitted.params, sort_keys=True) != json.dumps(moved.params, sort_keys=True)
+
+
+def test_a_fitted_input_missing_at_inference_is_an_error_naming_it(frame):
+    pre = Preprocessor.fit(frame)
+    column = pre.params["inputs"][0]["column"]
+    with pytest.raises(UserError, match=f"trained with column\\(s\\) {column}, which the .* rows to forecast do not "
+                       "have.*salesfc prep"):
+        pre.transform(frame.drop(columns=column))
+    # A column the model never used may go: the forecast does not read it.
+    unused = next(c for c in frame.columns if c not in pre.required_columns() and c != "weekly_sales")
+    assert pre.transform(frame.drop(columns=unused)).numeric.shape == (len(frame), pre.n_numeric)
 
 
 def test_transform_is_deterministic_and_survives_json(frame):

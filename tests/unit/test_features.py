@@ -29,9 +29,9 @@ def test_no_feature_of_week_t_reads_week_t_or_later(raw):
         right = altered[altered[TIMESTAMP] <= cutoff].reset_index(drop=True)
         pd.testing.assert_frame_equal(left, right)
         # ...while the week after t does change (the test can fail).
-        after = base[TIMESTAMP] == cutoff + pd.Timedelta(weeks=1)
-        if after.any():
-            assert not base.loc[after, "sales_lag_1"].equals(altered.loc[after.to_numpy(), "sales_lag_1"])
+        after = base[TIMESTAMP] == cutoff + pd.Timedelta(weeks=1)  # after the last week: the week to forecast
+        assert after.any()
+        assert not base.loc[after, "sales_lag_1"].equals(altered.loc[after.to_numpy(), "sales_lag_1"])
 
 
 def test_lags_count_calendar_weeks_across_gaps():
@@ -50,7 +50,8 @@ def test_lags_count_calendar_weeks_across_gaps():
     week = lambda i: pd.Timestamp(dates[i], tz="UTC") if i < 60 else out.next_week.tz_localize("UTC")  # noqa: E731
     assert history.loc[week(12), "sales_lag_1"] != history.loc[week(12), "sales_lag_1"]   # week 11 missing: NaN
     assert history.loc[week(12), "sales_lag_4"] == 80.0                                   # week 8, not a row shift
-    assert history.loc[week(13), "sales_lag_2"] == 110.0 if keep[11] else np.isnan(history.loc[week(13), "sales_lag_2"])
+    assert np.isnan(history.loc[week(13), "sales_lag_2"])                                  # week 11 missing
+    assert history.loc[week(14), "sales_lag_2"] == 120.0                                   # week 12
     assert history.loc[week(59), "sales_lag_52"] == 70.0
     assert np.isnan(history.loc[week(40), "sales_lag_52"])                                 # first year: missing
     # Rolling mean of the 4 weeks before week 13 = weeks 9..12, of which 9 and 12 reported.

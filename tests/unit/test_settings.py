@@ -1,7 +1,5 @@
 """The one config surface: flags, SALESFC_* fallbacks, defaults, and one-line errors."""
 
-import argparse
-
 import pytest
 
 from salesfc import settings
@@ -19,12 +17,42 @@ def test_flag_beats_environment_beats_default():
     assert resolve(["train", "--epochs", "3"], {"SALESFC_EPOCHS": "7"})["epochs"] == 3
 
 
-def test_every_setting_has_a_flag_an_environment_name_and_help():
+def test_every_setting_has_help_and_a_command():
     for setting in settings.SETTINGS:
-        assert setting.env == "SALESFC_" + setting.name.upper()
-        assert setting.flag == "--" + setting.name.replace("_", "-")
         assert len(setting.help) > 20, setting.name
         assert setting.commands, setting.name
+
+
+def other_value(setting) -> str | None:
+    """Text that parses to a value other than the setting's default (None if no candidate does)."""
+    default = setting.default
+    candidates = [*setting.choices]
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        candidates += [str(default + 1), str(default * 2 + 1)]
+    candidates += ["3,2", "7", "abc", "0.5"]
+    for text in candidates:
+        try:
+            value = setting.parse(text, setting.flag)
+        except settings.SettingError:
+            continue
+        if value != default:
+            return text
+    return None
+
+
+@pytest.mark.parametrize("command", settings.STAGES)
+def test_each_flag_and_its_variable_change_that_setting_alone(command):
+    defaults = resolve([command])
+    checked = 0
+    for setting in settings.for_command(command):
+        text = other_value(setting)
+        if text is None:
+            continue
+        by_flag = resolve([command, setting.flag, text])
+        assert by_flag == resolve([command], {setting.env: text}), setting.name
+        assert {name for name in by_flag if by_flag[name] != defaults[name]} == {setting.name}
+        checked += 1
+    assert checked >= len(settings.for_command(command)) - 1  # at most one setting has no other parseable value
 
 
 @pytest.mark.parametrize("argv, environ, fragment", [
@@ -87,5 +115,6 @@ def test_config_reports_settings_that_do_not_apply():
     assert config.size == "full"
     with pytest.raises(AttributeError, match="does not apply to 'salesfc prep'"):
         _ = config.epochs
-    assert isinstance(config.for_command("train").epochs, int)
-    assert isinstance(argparse.Namespace, type)
+    train = config.for_command("train")
+    assert train.epochs == settings.BY_NAME["epochs"].default and train.command == "train"
+    assert config.replace(size="tiny").size == "tiny" and config.size == "full"  # replace() copies

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP
 
 SCALE_FLOOR = 10.0
@@ -131,8 +132,7 @@ class Preprocessor:
 
     @staticmethod
     def _raw(frame: pd.DataFrame, column: str, kind: str, scale: np.ndarray) -> np.ndarray:
-        values = frame[column].to_numpy(dtype=float, na_value=np.nan) if column in frame else \
-            np.full(len(frame), np.nan)
+        values = frame[column].to_numpy(dtype=float, na_value=np.nan)
         if kind == "per_scale":
             return np.clip(values / scale, -PER_SCALE_LIMIT, PER_SCALE_LIMIT)
         if kind == "log":
@@ -150,7 +150,20 @@ class Preprocessor:
         # Code 0 is "not seen in training".
         return [len(spec["values"]) + 1 for spec in self.params["categories"]]
 
+    def required_columns(self) -> list[str]:
+        """Every column ``transform`` reads: the fitted inputs, the categories and the scale's sources."""
+        wanted = [spec["column"] for spec in self.params["inputs"]]
+        wanted += [spec["name"] for spec in self.params["categories"]] + list(self.params["scale"]["sources"])
+        return list(dict.fromkeys(wanted + ["dept"]))
+
     def transform(self, frame: pd.DataFrame) -> Batch:
+        # A fitted input that is not there must stop the forecast: read as missing it would become the training
+        # mean for every row, and a renamed feature would quietly degrade every forecast instead of failing once.
+        absent = [column for column in self.required_columns() if column not in frame.columns]
+        if absent:
+            raise UserError(f"the model was trained with column(s) {', '.join(absent)}, which the {len(frame):,} rows "
+                            "to forecast do not have: the feature definitions changed since training; run "
+                            "`salesfc prep`, then `salesfc train` again (or infer with the matching --run-id)")
         scale = self.scale(frame)
         numeric = np.empty((len(frame), self.n_numeric), dtype=np.float32)
         position = 0

@@ -37,8 +37,14 @@ def resolve_run(config) -> str:
     if config.run_id:
         run_id = config.run_id
     else:
-        wait_for("a trained model", lambda: None if workspace.latest_run() else
-                 f"{workspace.models / 'LATEST'} does not exist yet (run `salesfc train`)", config.wait_timeout)
+        def no_model() -> str | None:
+            if workspace.latest_run():
+                return None
+            # Name the first missing stage: in an empty work directory training cannot run either.
+            todo = "`salesfc train`" if workspace.manifest.exists() else "`salesfc prep`, then `salesfc train`"
+            return f"{workspace.models / 'LATEST'} does not exist yet (run {todo})"
+
+        wait_for("a trained model", no_model, config.wait_timeout)
         run_id = workspace.latest_run()
     done = workspace.run_dir(run_id) / "training.json"
     wait_for(f"model {run_id}", lambda: None if done.exists() else f"{done} does not exist yet (training has not "
@@ -62,16 +68,41 @@ class Forecaster:
         return self.preprocessor.floor(frame, ratio.astype(np.float64) * batch.scale)
 
 
-def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
-    keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
+def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> None:
+    trained_on = forecaster.params.get("data")
+    if trained_on != manifest["fingerprint"]:
+        raise UserError(f"model {run_id} was trained on other data ({trained_on}) than the store now holds "
+                        f"({manifest['fingerprint']}); train again after prep")
+
+
+# One feature of each feature view (sales history, store context): both online rows must be of the forecast week.
+FRESHNESS_FEATURES = ("sales_lag_1", "temperature")
+
+
+def online_rows(store: feature_store.Store, keys: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The online features of ``keys`` and, per row, the week they describe (epoch seconds; the older of the two
+    views', 0 where the store has no row). A row whose week is not the forecast week is stale: the online store
+    was not materialized after the last prep, and the model must not see it."""
     online = pd.DataFrame(feature_store.online_features(store, keys, timestamps=True))
-    week = pd.Timestamp(manifest["next_week"], tz="UTC")
-    stale = (online["sales_lag_1__ts"] != int(week.timestamp())) | (online["temperature__ts"] != int(week.timestamp()))
-    if stale.any():
-        raise UserError(f"the online store does not hold the week of {manifest['next_week']} for {int(stale.sum())} "
-                        "series: run `salesfc prep` (it materializes the latest week)")
+    feature_week = np.minimum.reduce([online[f"{feature}__ts"].fillna(0).to_numpy(dtype=np.int64)
+                                      for feature in FRESHNESS_FEATURES])
     online = online[[c for c in online.columns if not c.endswith("__ts")]]
     online["dept"] = split_store_dept(keys)[1]
+    return online, feature_week
+
+
+def stale_message(week: str, count: int) -> str:
+    return (f"the online store does not hold the week of {week} for {count} series: run `salesfc prep` (it "
+            "materializes the latest week)")
+
+
+def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
+    keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
+    week = pd.Timestamp(manifest["next_week"], tz="UTC")
+    online, feature_week = online_rows(store, keys)
+    stale = feature_week != int(week.timestamp())
+    if stale.any():
+        raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
     prediction = forecaster.predict(online)
     store_ids, depts = split_store_dept(keys)
     return pd.DataFrame({"store": store_ids, "dept": depts, "week": utc_weeks([week] * len(keys)),
@@ -157,10 +188,7 @@ def run(config) -> int:
     store = feature_store.open_store(config)
     manifest = wait_for_manifest(workspace, config.data_id, config.wait_timeout)
     forecaster = Forecaster(run_dir)
-    trained_on = forecaster.params.get("data")
-    if trained_on != manifest["fingerprint"]:
-        raise UserError(f"model {run_id} was trained on other data ({trained_on}) than the store now holds "
-                        f"({manifest['fingerprint']}); train again after prep")
+    check_trained_on(run_id, forecaster, manifest)
     timings["load"] = time.perf_counter() - clock
 
     tick = time.perf_counter()
