@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +27,11 @@ class PostgresServer:
     user: str
     password: str
     bindir: Path
+    # What stop() and start() need; a server someone else runs has none of it.
+    data: Path | None = None
+    options: str = ""
+    log: Path | None = None
+    run_as: list[str] = field(default_factory=list)
 
     def env(self, database: str) -> dict:
         """The settings salesfc reads, pointing at ``database`` on this server."""
@@ -46,6 +51,14 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), as an outage would; start() brings it back."""
+        _run([*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def start(self) -> None:
+        _run([*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", self.options, "-l",
+              str(self.log), "-w", "start"])
 
 
 def _pg_bindir() -> Path:
@@ -101,7 +114,7 @@ def private_server(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresSer
             options += f" -c ssl=on -c ssl_cert_file={root / 'server.crt'} -c ssl_key_file={root / 'server.key'}"
         _run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
               "start"])
-        yield PostgresServer("127.0.0.1", port, "salesfc", password, bindir)
+        yield PostgresServer("127.0.0.1", port, "salesfc", password, bindir, data, options, root / "log", run_as)
     finally:
         subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from salesfc import progress
 from salesfc.dataset import Preprocessor
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, write_json
@@ -146,20 +148,25 @@ def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.Data
     val_holiday = val["is_holiday"].to_numpy()
     best = None
     trials = []
-    for params in PEER_GRID:
-        tick = time.perf_counter()
-        model = HistGradientBoostingRegressor(
-            loss="absolute_error", max_iter=PEER_MAX_ITER, categorical_features=categorical, early_stopping=True,
-            n_iter_no_change=PEER_PATIENCE, random_state=seed, **params)
-        model.fit(x_train, b_train.target, sample_weight=b_train.weight, X_val=x_val, y_val=b_val.target,
-                  sample_weight_val=b_val.weight)
-        wmae = metrics.evaluate(b_val.target * b_val.scale, model.predict(x_val) * b_val.scale, val_holiday)["wmae"]
-        trials.append({**params, "iterations": int(model.n_iter_), "val_wmae": round(wmae, 2),
-                       "seconds": round(time.perf_counter() - tick, 1)})
-        log.info("tree peer: %s -> %d iterations, validation WMAE $%.0f (%.0f s)", params, model.n_iter_, wmae,
-                 trials[-1]["seconds"])
-        if best is None or wmae < best[0]:
-            best = (wmae, model, params)
+    # A fit takes minutes on full data; each one logs its result, so in a log no lines are needed between them.
+    with progress.stage(f"tree peer: searching {len(PEER_GRID)} settings on {len(train):,} rows", len(PEER_GRID),
+                        "fit", log_every=math.inf) as bar:
+        for params in PEER_GRID:
+            tick = time.perf_counter()
+            model = HistGradientBoostingRegressor(
+                loss="absolute_error", max_iter=PEER_MAX_ITER, categorical_features=categorical, early_stopping=True,
+                n_iter_no_change=PEER_PATIENCE, random_state=seed, **params)
+            model.fit(x_train, b_train.target, sample_weight=b_train.weight, X_val=x_val, y_val=b_val.target,
+                      sample_weight_val=b_val.weight)
+            wmae = metrics.evaluate(b_val.target * b_val.scale, model.predict(x_val) * b_val.scale,
+                                    val_holiday)["wmae"]
+            trials.append({**params, "iterations": int(model.n_iter_), "val_wmae": round(wmae, 2),
+                           "seconds": round(time.perf_counter() - tick, 1)})
+            log.info("tree peer: %s -> %d iterations, validation WMAE $%.0f (%.0f s)", params, model.n_iter_, wmae,
+                     trials[-1]["seconds"])
+            bar.update()
+            if best is None or wmae < best[0]:
+                best = (wmae, model, params)
     x_rows, b_rows = _peer_matrix(preprocessor, rows)
     forecast = best[1].predict(x_rows) * b_rows.scale
     seconds = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The one entry point: ``salesfc prep | train | infer | check | backtest | demo``.
+"""The one entry point: ``salesfc prep | train | infer | check | backtest | serve | demo``.
 
 Stages import their modules only when run, so ``--help`` answers at once (importing Feast alone takes seconds).
 """
@@ -35,6 +35,10 @@ COMMANDS = {
                  "year, holidays included). For each fold the model, the tuned tree peer and the naive baselines "
                  "are refitted on the weeks before it only; prints WMAE per fold and the mean, and writes "
                  "backtests/<id>/ (backtest.json, backtest.md, backtest.png, predictions.parquet)."),
+    "serve": ("salesfc.serve",
+              "Serve real-time forecasts over HTTP: POST /predict for one or many store departments (features from "
+              "the online store, the same preprocessing and model as infer), /healthz, /readyz, /metrics, /docs. "
+              "Follows the latest finished run without a restart."),
     "demo": ("salesfc.demo",
              "Run prep, train (2 processes) and infer locally on the embedded default store, and say where "
              "everything went."),

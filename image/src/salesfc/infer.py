@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from salesfc import baselines, feature_store, metrics
+from salesfc import baselines, feature_store, metrics, progress
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.data import HOLIDAY_NAMES
@@ -192,10 +192,13 @@ def run(config) -> int:
     timings["load"] = time.perf_counter() - clock
 
     tick = time.perf_counter()
-    forecast = next_week(store, forecaster, manifest)
+    with progress.stage(f"forecasting {manifest['next_week']} from the online store"):
+        forecast = next_week(store, forecaster, manifest)
     timings["next week (online)"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace)
+    # Minutes on full data the first time (the held-out weeks through Feast, the tree peer's search).
+    with progress.stage("evaluating on the held-out weeks (features, baselines, tree peer)"):
+        result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace)
     timings["evaluation"] = time.perf_counter() - tick
     result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(forecast),
                   data=manifest["source"])
@@ -208,8 +211,9 @@ def run(config) -> int:
     tick = time.perf_counter()
     from salesfc import report
 
-    report.write(out, result, holdout, forecast, comparison_table(result), read_json(run_dir / "training.json"),
-                 config.plot_series)
+    with progress.stage("writing the report and its plots"):
+        report.write(out, result, holdout, forecast, comparison_table(result), read_json(run_dir / "training.json"),
+                     config.plot_series)
     timings["report"] = time.perf_counter() - tick
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
     write_json(out / "metrics.json", result)

@@ -17,11 +17,13 @@ from typing import Any, Callable
 ENV_PREFIX = "SALESFC_"
 PASSWORD_ENV = "SALESFC_PG_PASSWORD"
 
-ALL = ("prep", "train", "infer", "check", "demo", "backtest")
+STAGES = ("prep", "train", "infer", "check", "demo", "backtest")
+ALL = STAGES + ("serve",)
 PREP = ("prep", "demo")
 TRAIN = ("train", "demo", "backtest")
 INFER = ("infer", "demo")
-RUN = ("train", "infer", "check", "demo", "backtest")
+RUN = ("train", "infer", "check", "demo", "backtest", "serve")
+SERVE = ("serve",)
 
 
 class SettingError(ValueError):
@@ -130,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pg_sslmode", "PostgreSQL TLS mode (libpq sslmode).", "prefer",
             choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
     Setting("wait_timeout", "Seconds to wait for this stage's inputs (database, prepared data, model) before "
-            "failing; 0 checks once.", 0.0, non_negative_float),
+            "failing; 0 checks once.", 0.0, non_negative_float, commands=STAGES),
     Setting("log_level", "Logging level of salesfc (libraries log warnings only).", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # prep
     Setting("source", "Raw data: 'synthetic' (generated, Walmart-shaped, knows its noise floor) or 'kaggle' "
@@ -147,7 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("prep", "train", "infer", "demo", "backtest")),
     # train / infer / check
     Setting("run_id", "Model run: models/<run-id>/ under the workdir. train: default a new id from the clock; "
-            "infer and check: default the latest finished run; backtest: backtests/<run-id>/ (default a new id; "
+            "infer and check: default the latest finished run; serve: default the latest finished run, followed as "
+            "new runs finish; backtest: backtests/<run-id>/ (default a new id; "
             "an existing one resumes, keeping its finished folds).", type=run_id, commands=RUN),
     Setting("epochs", "Maximum training epochs.", 40, positive_int, commands=TRAIN),
     Setting("batch_size", "Global batch size, split across all processes (smaller on small data, so that an "
@@ -185,6 +188,20 @@ SETTINGS: tuple[Setting, ...] = (
             type=positive_int, commands=("train", "demo")),
     Setting("plot_series", "How many series to plot (forecast against actual) in the report.", 6,
             non_negative_int, commands=INFER),
+    # serve
+    Setting("host", "serve: address to listen on (0.0.0.0 for every interface, as in a container).", "127.0.0.1",
+            commands=SERVE),
+    Setting("port", "serve: TCP port to listen on.", 8000, positive_int, commands=SERVE),
+    Setting("workers", "serve: worker processes, each with its own model and database connections (on Kubernetes "
+            "prefer replicas).", 1, positive_int, commands=SERVE),
+    Setting("max_batch_rows", "serve: most rows one POST /predict may ask for; a larger request is refused with 422.",
+            1000, positive_int, commands=SERVE),
+    Setting("reload_interval", "serve: seconds between looks for a newer finished run (models/LATEST) or newly "
+            "prepared data; a newer run is swapped in without a restart.", 10.0, positive_float, commands=SERVE),
+    Setting("ready_timeout", "serve: seconds the online store has to answer the /readyz probe's read.", 2.0,
+            positive_float, commands=SERVE),
+    Setting("retry_after", "serve: seconds a 503 answer (database away, no model yet) tells clients to wait "
+            "(Retry-After); the service also retries the database this often.", 5, positive_int, commands=SERVE),
     Setting("max_wmae_ratio", "check: fail when the model's WMAE exceeds this multiple of the best naive "
             "baseline's WMAE on the held-out weeks.", 1.0, positive_float, commands=("check",)),
 )
