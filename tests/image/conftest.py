@@ -20,11 +20,15 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from logged import run_logged  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "image-test"
@@ -99,20 +103,36 @@ def image_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def test_base(image_tools) -> str:
+def say(pytestconfig):
+    """A line on the terminal, past pytest's capture: what a build that takes minutes is doing."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+
+    def write(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[image] {line}")
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def test_base(image_tools, say) -> str:
     """localhost/salesfc-test-base:bookworm, built by scripts/build-test-base.sh unless it is already there."""
     existed = image_exists(BASE_IMAGE)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log = CACHE / "base.log"
     start = time.monotonic()
-    result = subprocess.run([str(REPO / "scripts" / "build-test-base.sh")], capture_output=True, text=True,
-                            timeout=1200, env={**os.environ, **STORAGE_ENV})
-    if result.returncode != 0:
-        pytest.fail(f"scripts/build-test-base.sh failed:\n{result.stderr[-6000:]}", pytrace=False)
+    code = run_logged([str(REPO / "scripts" / "build-test-base.sh")], log, what="test base image", say=say,
+                      timeout=1200, env={**os.environ, **STORAGE_ENV})
+    if code != 0:
+        pytest.fail(f"scripts/build-test-base.sh exited {code} (full log: {log}):\n{log.read_text()[-6000:]}",
+                    pytrace=False)
     METRICS["base_build_s"] = None if existed else round(time.monotonic() - start, 1)
     return BASE_IMAGE
 
 
 @pytest.fixture(scope="session")
-def trainer_image(test_base) -> str:
+def trainer_image(test_base, say) -> str:
     """The trainer image, built once per session from image/Containerfile on the test base."""
     CACHE.mkdir(parents=True, exist_ok=True)
     if image_exists(IMAGE):  # the previous session's; its layers stay as the build cache
@@ -132,12 +152,11 @@ def trainer_image(test_base) -> str:
         ".",
     ]
     start = time.monotonic()
-    with log.open("w") as out:
-        result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+    code = run_logged(command, log, what="trainer image build", say=say, timeout=1800, cwd=REPO)
     METRICS["image_build_s"] = round(time.monotonic() - start, 1)
-    if result.returncode != 0:
+    if code != 0:
         tail = log.read_text()[-6000:]
-        pytest.fail(f"buildah bud exited {result.returncode} (full log: {log}):\n{tail}", pytrace=False)
+        pytest.fail(f"buildah bud exited {code} (full log: {log}):\n{tail}", pytrace=False)
     METRICS["image"] = IMAGE
     sizes = METRICS["layer_sizes"] = layer_sizes(IMAGE)
     METRICS["image_size_gb"] = round(sum(sizes) / 1e9, 2)

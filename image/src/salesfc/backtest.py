@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from salesfc import baselines, distributed, feature_store, metrics
+from salesfc import baselines, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
 from salesfc.infer import FLOOR_LABEL, Forecaster, holiday_weeks, score
@@ -202,7 +202,8 @@ def run(config) -> int:
     workspace = config.workspace
     manifest = wait_for_manifest(workspace, config.data_id, config.wait_timeout)
     store = feature_store.open_store(config)
-    frame = feature_store.historical_features(store)
+    with progress.stage("reading every week through Feast"):
+        frame = feature_store.historical_features(store)
     folds = make_folds(frame[TIMESTAMP], config.folds, config.fold_weeks, config.val_weeks)
     backtest_id = config.run_id or datetime.now(timezone.utc).strftime("backtest-%Y%m%d-%H%M%S")
     out = workspace.backtest_dir(backtest_id)

@@ -52,6 +52,14 @@ class Context:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def all_reduce_max(self, value: float) -> float:
+        """The largest of the ranks' values (the slowest rank's time, say), on every rank."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def broadcast_tensor(self, tensor: torch.Tensor | None, shape=None, dtype=None) -> torch.Tensor:
         """Rank 0 passes the tensor; the others pass its shape and dtype and receive it."""
         if not self.distributed:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from salesfc import cpus, distributed, metrics, settings
+from salesfc import cpus, distributed, metrics, progress, settings
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.errors import UserError
@@ -44,6 +44,7 @@ WARMUP_EPOCHS = 1
 EMA_DECAY = 0.998
 MIN_STEPS_PER_EPOCH = 32  # small data: a smaller batch rather than an epoch of 3 steps
 LOSS_SUMS = 2       # weighted loss, weight
+DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout masks from seed + r x this
 
 
 def new_run_id() -> str:
@@ -93,6 +94,10 @@ class Trainer:
         self.network = (DistributedDataParallel(network, static_graph=True, gradient_as_bucket_view=True)
                         if context.distributed else network)
         self.raw_network = network
+        if context.rank:
+            # Every rank built the same weights from the same seed, which left them the same random stream too: each
+            # would drop the same units. Rank 0 keeps its stream, so a one-process run is unchanged.
+            torch.manual_seed(config.seed + DROPOUT_SEED_STRIDE * context.rank)
         self.average = model_lib.build(self.model_config).to(self.device)
         self.average.load_state_dict(network.state_dict())
         self.average.requires_grad_(False)
@@ -138,7 +143,7 @@ class Trainer:
         start = self.context.rank * per_rank
         return order[start:start + per_rank].to(self.device)
 
-    def train_epoch(self, epoch: int, progress) -> float:
+    def train_epoch(self, epoch: int, bar: progress.Progress) -> float:
         self.network.train()
         rows = self.shard(epoch)
         # One gather of this rank's shuffled rows per epoch; each step then takes a contiguous slice of it.
@@ -162,8 +167,7 @@ class Trainer:
             self.update_average()
             totals[0] += loss.detach()
             totals[1] += 1
-            if progress is not None:
-                progress.update(1)
+            bar.update(1)
         totals = self.context.all_reduce_sum(totals)
         return float(totals[0] / totals[1])
 
@@ -225,25 +229,31 @@ class Trainer:
         self.average_steps = self.epoch * self.steps_per_epoch
         self.best_loss, self.best_epoch = checkpoint["VAL_LOSS"], checkpoint["BEST_EPOCH"]
         self.history = list(checkpoint["HISTORY"])
-        log.info("resuming %s from epoch %d (best validation loss %.4f at epoch %d)", self.run_dir.name,
-                 self.epoch + 1, self.best_loss, self.best_epoch + 1)
+        if self.context.is_main:
+            log.info("resuming %s from epoch %d (best validation loss %.4f at epoch %d)", self.run_dir.name,
+                     self.epoch + 1, self.best_loss, self.best_epoch + 1)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         self.resume()
-        progress = None
-        if self.context.is_main and sys.stderr.isatty():
-            from tqdm import tqdm
+        # Rank 0 alone reports: a bar on a terminal; in a log the epoch lines below are the progress (an epoch takes
+        # seconds), so no extra lines between them.
+        with progress.stage(f"training {self.run_dir.name}", total=self.steps_per_epoch * self.config.epochs,
+                            initial=self.epoch * self.steps_per_epoch, enabled=self.context.is_main,
+                            log_every=math.inf) as bar:
+            return self._fit(bar)
 
-            progress = tqdm(total=self.steps_per_epoch * self.config.epochs, initial=self.epoch * self.steps_per_epoch,
-                            unit="step", leave=False)
+    def _fit(self, bar: progress.Progress) -> dict:
         started = time.perf_counter()
         samples = 0
         for epoch in range(self.epoch, self.config.epochs):
             tick = time.perf_counter()
-            train_loss = self.train_epoch(epoch, progress)
-            seconds = time.perf_counter() - tick
-            samples += self.steps_per_epoch * self.per_rank_batch * self.context.world_size
+            train_loss = self.train_epoch(epoch, bar)
+            # The slowest rank's time: every rank waits for it at each step's all-reduce, so the throughput of all
+            # ranks together is their samples over it.
+            seconds = self.context.all_reduce_max(time.perf_counter() - tick)
+            epoch_samples = self.steps_per_epoch * self.per_rank_batch * self.context.world_size
+            samples += epoch_samples
             val = self.validate()
             improved = val["loss"] < self.best_loss
             if improved:
@@ -252,24 +262,23 @@ class Trainer:
                       "val_rmse": val["rmse"], "val_wmae": val["wmae"], "val_mape": val["mape"],
                       "seconds": round(seconds, 3), "lr": self.learning_rate((epoch + 1) * self.steps_per_epoch - 1)}
             self.history.append(record)
-            message = (f"epoch {epoch + 1}/{self.config.epochs} train_loss {train_loss:.4f} val_loss "
-                       f"{val['loss']:.4f} val_rmse ${val['rmse']:,.0f} val_wmae ${val['wmae']:,.0f} val_mape "
-                       f"{val['mape']:.2f}% lr {record['lr']:.2e} {seconds:.1f}s "
-                       f"({self.steps_per_epoch * self.per_rank_batch * self.context.world_size / seconds:,.0f}"
-                       f" samples/s){' *' if improved else ''}")
-            if progress is not None:
-                progress.write(message)
-            log.info(message)
             if self.context.is_main:
+                # Once, from rank 0: losses and metrics are all-reduced, so every rank would log the same line.
+                message = (f"epoch {epoch + 1}/{self.config.epochs} train_loss {train_loss:.4f} val_loss "
+                           f"{val['loss']:.4f} val_rmse ${val['rmse']:,.0f} val_wmae ${val['wmae']:,.0f} val_mape "
+                           f"{val['mape']:.2f}% lr {record['lr']:.2e} {seconds:.1f}s "
+                           f"({epoch_samples / seconds:,.0f} samples/s on {self.context.world_size} "
+                           f"process{'es' if self.context.world_size > 1 else ''}){' *' if improved else ''}")
+                bar.write(message)
+                log.info(message)
                 if improved:
                     model_lib.save(self.run_dir / "model.pt", self.state(epoch))
                 model_lib.save(self.run_dir / "checkpoint.pt", self.state(epoch))
             stop = epoch - self.best_epoch >= self.config.patience
             if self.context.agree(stop):
-                log.info("early stopping: no better validation loss for %d epochs", self.config.patience)
+                if self.context.is_main:
+                    log.info("early stopping: no better validation loss for %d epochs", self.config.patience)
                 break
-        if progress is not None:
-            progress.close()
         elapsed = time.perf_counter() - started
         return {"best_epoch": self.best_epoch + 1, "best_val_loss": self.best_loss, "epochs_run": len(self.history),
                 "train_seconds": round(elapsed, 2), "samples_per_second": round(samples / elapsed) if elapsed else None}
@@ -281,7 +290,8 @@ def load_training_arrays(config, manifest: dict) -> tuple[dict, dict, Preprocess
 
     store = feature_store.open_store(config)
     tick = time.perf_counter()
-    frame = feature_store.historical_features(store)
+    with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)"):
+        frame = feature_store.historical_features(store)
     retrieval_seconds = time.perf_counter() - tick
     current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
     if current is None or current["fingerprint"] != manifest["fingerprint"]:

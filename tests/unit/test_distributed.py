@@ -1,0 +1,148 @@
+"""Two real gloo processes: the collectives of distributed.Context, and a resumed training run against an
+uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from salesfc import distributed, features, settings, train
+from salesfc.data import synthetic
+from salesfc.dataset import Split
+from salesfc.tables import TIMESTAMP
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def join_world(rank: int, port: int) -> distributed.Context:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1")
+    return distributed.setup("cpu")
+
+
+def collectives(rank: int, port: int, out: str) -> None:
+    context = join_world(rank, port)
+    try:
+        result = {
+            "is_main": context.is_main, "distributed": context.distributed,
+            "sum": context.all_reduce_sum(torch.tensor([1.0, 10.0 * (rank + 1)])).tolist(),
+            "max": context.all_reduce_max(3.0 + rank),
+            "json": context.broadcast_json({"run": "r1", "rows": [1, 2]} if rank == 0 else {"run": "wrong"}),
+            "tensor": context.broadcast_tensor(torch.arange(6.0).reshape(2, 3) if rank == 0 else None,
+                                               (2, 3), torch.float32).tolist(),
+            "all_agree": context.agree(True),
+            "one_disagrees": context.agree(rank == 0),
+        }
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        distributed.teardown(context)
+
+
+def test_context_collectives_on_two_gloo_processes(tmp_path):
+    mp.spawn(collectives, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(WORLD)]
+    for rank, result in enumerate(results):
+        assert result["is_main"] == (rank == 0) and result["distributed"]
+        assert result["sum"] == [2.0, 30.0]
+        assert result["max"] == 4.0
+        assert result["json"] == {"run": "r1", "rows": [1, 2]}  # rank 0's value everywhere
+        assert result["tensor"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+        assert result["all_agree"] is True and result["one_disagrees"] is False
+
+
+def test_a_world_of_one_needs_no_process_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    context = distributed.setup("cpu")
+    assert context.world_size == 1 and context.is_main and not context.distributed
+    assert context.broadcast_json({"a": 1}) == {"a": 1} and context.all_reduce_max(2.5) == 2.5
+    assert context.agree(True) and not context.agree(False)
+
+
+# -- resuming --------------------------------------------------------------------------------------------------
+EPOCHS = 4
+CRASH_AT = 2  # 0-based: the run dies in its third epoch, after the checkpoint of the second
+
+
+class Crash(Exception):
+    pass
+
+
+def prepared_arrays():
+    raw = synthetic.generate("tiny", seed=4)
+    engineered = features.engineer(raw)
+    frame = engineered.labels.merge(engineered.sales_history, on=["store_dept", "store", "dept", TIMESTAMP])
+    frame = frame.merge(engineered.store_context, on=["store", TIMESTAMP]).sort_values(
+        [TIMESTAMP, "store_dept"], kind="stable").reset_index(drop=True)
+    split = Split.from_weeks(frame[TIMESTAMP], val_weeks=13, test_weeks=26)
+    arrays, preprocessor, rows = train.training_arrays(frame, split)
+    return arrays, {"rows": rows, "retrieval_seconds": 0.0, "offline_store": "none"}, preprocessor, split
+
+
+def train_run(rank: int, port: int, workdir: str, crash: bool, prepared) -> None:
+    torch.use_deterministic_algorithms(True)
+    context = join_world(rank, port)
+    config = settings.Config.defaults("train", workdir=workdir, epochs=EPOCHS, patience=EPOCHS, device="cpu",
+                                      seed=3, hidden=(32, 16), members=1, dropout=0.0, batch_size=256)
+    if crash:
+        original = train.Trainer.train_epoch
+
+        def train_epoch(self, epoch, bar):
+            if epoch == CRASH_AT:
+                raise Crash(f"rank {rank} lost in epoch {epoch + 1}")
+            return original(self, epoch, bar)
+
+        train.Trainer.train_epoch = train_epoch
+    run_dir = Path(workdir, "models", "run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        train.fit_run(config, context, run_dir, prepared if rank == 0 else None, "data")
+    except Crash:
+        pass  # as if the pod died: the next start resumes from checkpoint.pt
+    finally:
+        distributed.teardown(context)
+
+
+def run_world(workdir, crash: bool, prepared) -> None:
+    mp.spawn(train_run, args=(free_port(), str(workdir), crash, prepared), nprocs=WORLD, join=True)
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Same seed, same data: one run straight through, one killed in its third epoch and started again. With dropout
+    off, the resumed run must end with the same weights (to float rounding, 1e-6) and the same history: the
+    checkpoint holds everything the next epochs depend on (weights, averaged weights, optimizer, epoch, best loss).
+    Dropout's random stream is not in the checkpoint, so with dropout on, a resumed run draws other masks."""
+    prepared = prepared_arrays()
+    run_world(tmp_path / "straight", False, prepared)
+    run_world(tmp_path / "resumed", True, prepared)
+    interrupted = torch.load(tmp_path / "resumed" / "models" / "run" / "checkpoint.pt", weights_only=True)
+    assert interrupted["EPOCH"] == CRASH_AT - 1
+    assert not (tmp_path / "resumed" / "models" / "run" / "training.json").exists()
+    run_world(tmp_path / "resumed", False, prepared)
+
+    def final(name):
+        run = tmp_path / name / "models" / "run"
+        return (torch.load(run / "checkpoint.pt", weights_only=True),
+                json.loads((run / "training.json").read_text()))
+
+    (straight, straight_summary), (resumed, resumed_summary) = final("straight"), final("resumed")
+    assert straight["EPOCH"] == resumed["EPOCH"] == EPOCHS - 1
+    for key in ("MODEL_STATE", "TRAIN_STATE"):
+        for name, tensor in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], tensor, rtol=0, atol=1e-6, msg=f"{key} {name}")
+    for a, b in zip(straight_summary["history"], resumed_summary["history"], strict=True):
+        assert a["epoch"] == b["epoch"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
