@@ -79,6 +79,22 @@ def test_next_week_forecast_covers_every_active_series(demo):
     assert forecast["predicted_sales"].notna().all()
 
 
+def test_infer_again_reads_the_cached_peer_and_scores_the_same(demo, run_salesfc):
+    """The second infer reads the held-out weeks' features only (the peer's forecasts come from its cache, the
+    naive baselines' training means from the labels) and must score exactly as the first, which read everything."""
+    workdir, _ = demo
+    path = workdir / "reports" / "tiny-demo" / "metrics.json"
+    first = json.loads(path.read_text())
+    again = run_salesfc("infer", "--workdir", str(workdir), "--log-level", "INFO")
+    second = json.loads(path.read_text())
+    assert "tree peer: cached forecasts" in again.stderr
+    assert second["baselines"]["gradient_boosted_trees"]["cached"]
+    for result in (first, second):
+        result["baselines"]["gradient_boosted_trees"].pop("cached")
+    assert (second["model"], second["baselines"], second["test_weeks"]) == \
+        (first["model"], first["baselines"], first["test_weeks"])
+
+
 def test_check_passes_and_fails_for_the_right_reason(demo, run_salesfc):
     workdir, _ = demo
     # Tiny data is 45 series: enough to beat last value and seasonal naive (asserted above), not always the

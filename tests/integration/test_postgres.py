@@ -74,6 +74,14 @@ def test_postgres_store_matches_duckdb_and_pandas(pg, tmp_path, run_salesfc):
         pd.testing.assert_series_equal(from_pg[column], reference[column], check_dtype=False, check_names=False)
     for column in ("sales_velocity", "seasonal_sine", "markdown_momentum"):  # on-demand views, both stores
         np.testing.assert_allclose(from_pg[column].astype(float), from_duckdb[column].astype(float), equal_nan=True)
+    # An evaluation reads its weeks only (`since`): the same rows and values as the whole read, on both stores.
+    since = from_duckdb[TIMESTAMP].drop_duplicates().sort_values().iloc[-5]
+    whole = from_duckdb[from_duckdb[TIMESTAMP] >= since].reset_index(drop=True)
+    for recent in (feature_store.historical_features(pg_store, since=since),
+                   feature_store.historical_features(open_store(tmp_path / "local", {}, "local"), since=since)):
+        assert len(recent) == len(whole) and recent[TIMESTAMP].min() == since
+        for column in ("store_dept", "sales_lag_1", "temperature", "sales_velocity"):
+            np.testing.assert_allclose(recent[column].astype(float), whole[column].astype(float), equal_nan=True)
     # The colliding pair kept their own histories.
     for store, dept in ((1, 12), (11, 2)):
         mine = from_pg[from_pg["store_dept"] == store_dept(store, dept)]

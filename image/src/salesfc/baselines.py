@@ -22,6 +22,7 @@ fit it once.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -94,12 +95,38 @@ def _peer_matrix(preprocessor: Preprocessor, frame: pd.DataFrame):
 
 
 def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int) -> str:
-    from sklearn import __version__ as sklearn_version
+    # The installed version from its metadata: importing scikit-learn costs seconds, and a cached peer needs none of it.
+    sklearn_version = importlib.metadata.version("scikit-learn")
 
     blob = json.dumps({"data": data, "split": split, "preprocess": preprocessor.params, "grid": PEER_GRID,
                        "max_iter": PEER_MAX_ITER, "patience": PEER_PATIENCE, "seed": seed,
                        "sklearn": sklearn_version}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _row_ids(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"store_dept": rows["store_dept"].to_numpy(dtype=np.int64),
+                         TIMESTAMP: rows[TIMESTAMP].to_numpy()})
+
+
+def cached_peer(preprocessor: Preprocessor, rows: pd.DataFrame, *, cache: Path | None, data: str, split: dict,
+                seed: int = 0) -> dict | None:
+    """The tree peer's stored forecasts for exactly ``rows`` (same key, same rows in the same order), else None.
+
+    Asked before the training rows are read: with a cached peer, `infer` needs the features of the forecast weeks
+    only, a fifth of the data."""
+    if cache is None:
+        return None
+    key = _peer_key(preprocessor, data, split, seed)
+    if not ((cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists()):
+        return None
+    stored = pd.read_parquet(cache / f"{key}.parquet")
+    ids = _row_ids(rows)
+    if len(stored) != len(ids) or not stored[["store_dept", TIMESTAMP]].reset_index(drop=True).equals(ids):
+        return None
+    info = read_json(cache / f"{key}.json")
+    log.info("tree peer: cached forecasts %s (fitted in %.0f s)", key, info["fit_seconds"])
+    return {**info, "forecast": stored["forecast"].to_numpy(), "cached": True}
 
 
 def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame, *,
@@ -109,15 +136,10 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
     The cache key covers the data fingerprint, the split, the fitted preprocessing, the search and scikit-learn's
     version: new data, new weeks or new features mean a new fit, never a stale forecast.
     """
+    cached = cached_peer(preprocessor, rows, cache=cache, data=data, split=split, seed=seed)
+    if cached is not None:
+        return cached
     key = _peer_key(preprocessor, data, split, seed)
-    ids = pd.DataFrame({"store_dept": rows["store_dept"].to_numpy(dtype=np.int64),
-                        TIMESTAMP: rows[TIMESTAMP].to_numpy()})
-    if cache is not None and (cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists():
-        stored = pd.read_parquet(cache / f"{key}.parquet")
-        if len(stored) == len(ids) and stored[["store_dept", TIMESTAMP]].reset_index(drop=True).equals(ids):
-            info = read_json(cache / f"{key}.json")
-            log.info("tree peer: cached forecasts %s (fitted in %.0f s)", key, info["fit_seconds"])
-            return {**info, "forecast": stored["forecast"].to_numpy(), "cached": True}
     from threadpoolctl import threadpool_limits
 
     from salesfc import cpus
@@ -129,7 +151,7 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache / f"{key}.parquet") as tmp:
-            ids.assign(forecast=result["forecast"]).to_parquet(tmp, index=False)
+            _row_ids(rows).assign(forecast=result["forecast"]).to_parquet(tmp, index=False)
         write_json(cache / f"{key}.json", {k: v for k, v in result.items() if k != "forecast"})
     return {**result, "cached": False}
 

@@ -21,9 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import feast  # noqa: F401 - slow (seconds); imported once here, then its warning filters are overridden below
 import numpy as np
 import pandas as pd
+import typeguard
+
+
+def _unchecked(target=None, **_options):
+    return target if target is not None else _unchecked
+
+
+# Feast decorates some 40 classes with typeguard's @typechecked, which re-parses and recompiles their modules'
+# source at import: 2-3 s of every salesfc process (each stage, each rank) for run-time argument checks that
+# typeguard itself calls a development aid and skips under `python -O`. salesfc hands Feast only objects built from
+# its own definitions (a wrong type still fails, inside Feast), so every process imports Feast the way -O would.
+typeguard.typechecked = _unchecked
+import feast  # noqa: E402,F401 - slow (seconds); imported once here, then its warning filters are overridden below
 
 from salesfc import settings, tables
 from salesfc.errors import UserError
@@ -302,18 +314,24 @@ def materialize(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> None:
         store.feast.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
 
 
-def historical_features(store: Store, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+def historical_features(store: Store, labels: pd.DataFrame | None = None, since: pd.Timestamp | None = None
+                        ) -> pd.DataFrame:
     """The training set: every label row with its point-in-time features, exactly one row per label row.
 
     With the DuckDB store the entity rows are the labels frame; with PostgreSQL they are a query over the labels
-    table (the store embeds it, instead of inserting the rows one by one).
+    table (the store embeds it, instead of inserting the rows one by one). ``since`` keeps the label rows of that
+    week and later only: an evaluation reads the weeks it scores, not the whole history.
     """
     fs = store.feast
     if store.location.kind == "postgres":
         entity_df = f'SELECT * FROM "{Location.pg_table(LABELS)}"'
+        if since is not None:
+            entity_df += f" WHERE {TIMESTAMP} >= '{pd.Timestamp(since).isoformat()}'::timestamptz"
         expected = None
     else:
         entity_df = read_labels(store) if labels is None else labels
+        if since is not None:
+            entity_df = entity_df[entity_df[TIMESTAMP] >= since].reset_index(drop=True)
         expected = len(entity_df)
     with _quiet():
         frame = fs.get_historical_features(entity_df=entity_df, features=store.service).to_df()
