@@ -9,7 +9,7 @@ import pandas as pd
 from salesfc.workspace import atomic_path, write_text
 
 COLORS = {"actual": "black", "model": "tab:blue", "gradient_boosted_trees": "tab:orange",
-          "seasonal_naive": "tab:green", "last_value": "tab:gray", "moving_average_4": "tab:cyan",
+          "seasonal_naive": "tab:green", "last_value": "tab:gray", "moving_average_4": "tab:brown",
           "series_mean": "tab:olive", "expected_sales": "tab:red"}
 
 
@@ -27,6 +27,32 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+def dollars(ax) -> None:
+    """Dollar amounts with thousands separators on the y axis: "$12,500", not "12500"."""
+    from matplotlib.ticker import StrMethodFormatter
+
+    ax.yaxis.set_major_formatter(StrMethodFormatter("${x:,.0f}"))
+
+
+def _dates(ax) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def label(name: str) -> str:
+    return {"gradient_boosted_trees": "tree peer (gradient-boosted trees)", "moving_average_4": "4-week moving average",
+            "noise_floor": "noise floor (noiseless signal)"}.get(name, name.replace("_", " "))
+
+
+def best_naive(result: dict) -> str:
+    """The naive baseline with the lowest WMAE: the one a forecast has to beat before anything else."""
+    naive = {k: v for k, v in result["baselines"].items() if k != "gradient_boosted_trees"}
+    return min(naive, key=lambda name: naive[name]["wmae"])
+
+
 def pick_series(holdout: pd.DataFrame, count: int) -> list[tuple[int, int]]:
     """The largest series (they dominate WMAE) and, for the other half, series of the middle of the range."""
     totals = holdout.groupby(["store", "dept"])["actual"].sum().sort_values(ascending=False)
@@ -36,39 +62,46 @@ def pick_series(holdout: pd.DataFrame, count: int) -> list[tuple[int, int]]:
     return big + [key for key in list(middle[::step]) if key not in big][: count - len(big)]
 
 
-def plot_series(holdout: pd.DataFrame, forecast: pd.DataFrame, count: int, path: Path) -> None:
+def plot_series(holdout: pd.DataFrame, forecast: pd.DataFrame, count: int, path: Path, naive: str) -> None:
+    """Actual sales, the model, the tree peer and the best naive baseline (``naive``) for a few series."""
     plt = _figure()
     chosen = pick_series(holdout, count)
     columns = 2
     rows = max(1, (len(chosen) + 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(12, 3 * rows), squeeze=False)
+    # constrained layout keeps each panel's title clear of the dates of the panel above; one legend for all panels,
+    # below them, so that no line is hidden behind it.
+    fig, axes = plt.subplots(rows, columns, figsize=(12, 3.2 * rows + 1.0), squeeze=False, layout="constrained")
     for ax, (store, dept) in zip(axes.flat, chosen):
         series = holdout[(holdout["store"] == store) & (holdout["dept"] == dept)].sort_values("week")
         weeks = series["week"].dt.tz_localize(None)
         ax.plot(weeks, series["actual"], color=COLORS["actual"], lw=2, label="actual")
-        for name in ("model", "gradient_boosted_trees", "seasonal_naive"):
-            ax.plot(weeks, series[f"forecast_{name}"], color=COLORS[name], lw=1.2, label=name.replace("_", " "))
+        for name in dict.fromkeys(("model", "gradient_boosted_trees", naive)):
+            ax.plot(weeks, series[f"forecast_{name}"], color=COLORS[name], lw=1.2,
+                    label=label(name) + (" (best naive baseline)" if name == naive else ""))
         if "expected_sales" in series:
             ax.plot(weeks, series["expected_sales"], color=COLORS["expected_sales"], lw=0.8, ls=":",
                     label="noiseless signal")
         ahead = forecast[(forecast["store"] == store) & (forecast["dept"] == dept)]
         if len(ahead):
             ax.scatter(ahead["week"].dt.tz_localize(None), ahead["predicted_sales"], color=COLORS["model"],
-                       marker="*", s=120, zorder=3, label="next week")
+                       marker="*", s=120, zorder=3, label="model: next week")
         ax.set_title(f"store {store}, department {dept}", fontsize=10)
         ax.tick_params(labelsize=8)
+        dollars(ax)
+        _dates(ax)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Held-out weeks: forecasts against actual sales ($)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.suptitle("Held-out weeks: forecasts against actual weekly sales")
     _save(fig, path)
     plt.close(fig)
 
 
 def plot_error_by_week(holdout: pd.DataFrame, path: Path) -> None:
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(12, 4))
-    names = ["model", "gradient_boosted_trees", "seasonal_naive", "last_value"]
+    fig, ax = plt.subplots(figsize=(12, 4.2), layout="constrained")
+    names = ["model", "gradient_boosted_trees", "moving_average_4", "seasonal_naive", "last_value"]
     if "expected_sales" in holdout:
         holdout = holdout.assign(forecast_noise_floor=holdout["expected_sales"])
         names.append("noise_floor")
@@ -78,26 +111,41 @@ def plot_error_by_week(holdout: pd.DataFrame, path: Path) -> None:
         error = errors_by_week[name]
         ax.plot(error.index.tz_localize(None), error.values, marker="o", ms=3,
                 color=COLORS.get(name, "tab:red"), ls=":" if name == "noise_floor" else "-",
-                label=name.replace("_", " "))
+                lw=2 if name == "model" else 1.2, label=label(name))
     holidays = holdout.loc[holdout["is_holiday"] > 0, "week"].unique()
     for week in holidays:
         ax.axvline(pd.Timestamp(week).tz_localize(None), color="tab:purple", alpha=0.3, lw=6)
-    ax.set_ylabel("mean absolute error ($)")
+    ax.set_ylabel("mean absolute error per series")
+    dollars(ax)
+    _dates(ax)
     ax.set_title("Error by held-out week (shaded: holiday weeks, weighted x5 in WMAE)")
-    ax.legend(fontsize=8)
+    # Outside the axes, on the right: inside, it covered the lines of the busiest weeks.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
     plt.close(fig)
 
 
-def plot_training(history: list[dict], path: Path) -> None:
+def plot_training(training: dict, path: Path) -> None:
+    """Both losses, validation WMAE in dollars beside them, and the epoch that was kept."""
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    history = training["history"]
+    best = training["best_epoch"]
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("weighted Huber loss (scaled)")
-    ax.legend()
+    fig, (loss_ax, wmae_ax) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="training weeks")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation weeks")
+    loss_ax.set_ylabel("loss (weighted Huber, sales / series scale)")
+    loss_ax.set_title("What the network minimizes", fontsize=10)
+    wmae_ax.plot(epochs, [h["val_wmae"] for h in history], color="tab:orange", marker="o", ms=3)
+    wmae_ax.set_ylabel("validation WMAE")
+    wmae_ax.set_title("What a planner sees: validation WMAE", fontsize=10)
+    dollars(wmae_ax)
+    for ax in (loss_ax, wmae_ax):
+        ax.axvline(best, color="tab:green", ls="--", lw=1, label=f"kept: epoch {best}")
+        ax.set_xlabel("epoch")
+    loss_ax.legend(fontsize=8)
+    fig.suptitle(f"Training {training['run_id']}: {training['epochs_run']} epochs, the averaged weights of epoch "
+                 f"{best} kept (lowest validation loss)")
     _save(fig, path)
     plt.close(fig)
 
@@ -116,8 +164,8 @@ def _markdown_table(result: dict) -> list[str]:
 
 def findings(result: dict) -> list[str]:
     model = result["model"]
-    naive = {k: v for k, v in result["baselines"].items() if k != "gradient_boosted_trees"}
-    best_name, best = min(naive.items(), key=lambda item: item[1]["wmae"])
+    best_name = best_naive(result)
+    best = result["baselines"][best_name]
     lines = [f"- The model's WMAE is {model['wmae'] / best['wmae']:.1%} of the best naive baseline's "
              f"({best_name.replace('_', ' ')}, ${best['wmae']:,.0f})."]
     gbt = result["baselines"].get("gradient_boosted_trees")
@@ -141,12 +189,12 @@ def findings(result: dict) -> list[str]:
     return lines
 
 
-def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame, table: list[str],
-          training: dict, n_series: int) -> None:
+def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame, training: dict,
+          n_series: int) -> None:
     if n_series:
-        plot_series(holdout, forecast, n_series, out / "forecast_vs_actual.png")
+        plot_series(holdout, forecast, n_series, out / "forecast_vs_actual.png", best_naive(result))
     plot_error_by_week(holdout, out / "error_by_week.png")
-    plot_training(training["history"], out / "training.png")
+    plot_training(training, out / "training.png")
     weeks = result["test_weeks"]
     lines = [
         f"# Sales forecast report: run {result['run_id']}",
@@ -182,10 +230,6 @@ def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame
         f"Feast ({training['offline_store']} offline store) in {training['retrieval_seconds']} s.",
         "",
         "![training curves](training.png)",
-        "",
-        "```",
-        *table,
-        "```",
         "",
     ]
     write_text(out / "report.md", "\n".join(lines))
