@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +23,10 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path_factory, run_salesfc):
     """`salesfc demo` on tiny data: prep, train with 2 processes (DDP over gloo), infer."""
     workdir = tmp_path_factory.mktemp("demo")
-    result = run_salesfc("demo", "--size", "tiny", "--workdir", str(workdir), "--run-id", "tiny-demo")
+    # From the folder above, with a relative --workdir: as `make demo` runs it (./salesfc-work), so the paths it
+    # prints can be compared with the README's sample.
+    result = run_salesfc("demo", "--size", "tiny", "--workdir", workdir.name, "--run-id", "tiny-demo",
+                         cwd=workdir.parent)
     return workdir, result
 
 
@@ -40,6 +44,29 @@ def test_demo_writes_every_artifact(demo):
     for stage in ("prep", "train", "infer"):
         assert f"== salesfc {stage}" in result.stdout
     assert "demo: prep" in result.stdout and "total" in result.stdout
+
+
+def shape(line: str) -> str:
+    """A printed line without what changes from run to run: run ids, dates, numbers, column widths."""
+    line = re.sub(r"run-\d{8}-\d{6}|tiny-demo", "RUN", line)
+    line = re.sub(r"\d{4}-\d{2}-\d{2}", "DATE", line)
+    line = re.sub(r"\$?-?\d[\d,]*(\.\d+)?(%|s\b)?", "N", line)
+    return " ".join(line.split())
+
+
+def test_the_readme_sample_is_what_demo_prints(demo, repo):
+    """The README's sample output, line by line, has the shape of what `salesfc demo` prints from the infer stage
+    on: the same lines in the same order, the same words and paths; only numbers, dates and the run id differ."""
+    workdir, result = demo
+    readme = (repo / "README.md").read_text()
+    after = readme.split("`make demo` ends with the held-out comparison", 1)[1]
+    sample = after.split("```\n", 2)[1].rstrip("\n").splitlines()
+    printed = result.stdout.rstrip("\n").splitlines()
+    printed = printed[next(i for i, line in enumerate(printed) if line.startswith("infer: run ")):]
+    printed = [re.sub(rf"(?<![\w-]){re.escape(workdir.name)}(?![\w-])", "salesfc-work", line) for line in printed]
+    assert [shape(line) for line in sample] == [shape(line) for line in printed], (
+        "README.md's sample output differs from what `salesfc demo` prints; paste a new run's output:\n"
+        + "\n".join(printed))
 
 
 def test_training_ran_two_ranks_that_agreed(demo):

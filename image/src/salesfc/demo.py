@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from salesfc import infer, prep, train
+from salesfc.workspace import shown
 
 DEMO_PROCESSES = 2
 
@@ -37,9 +38,10 @@ def run(config) -> int:
     print("== done")
     print("demo: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items())
           + f", total {total:.1f}s")
-    print(f"demo: data      {workspace.data}/ (engineered tables, prep.json)")
-    print(f"demo: features  {workspace.feast}/ (Feast registry and online store)")
-    print(f"demo: model     {workspace.run_dir(run_id)}/ (model.pt, checkpoint.pt, preprocess.json, training.json)")
-    print(f"demo: report    {report}/report.md (metrics.json, predictions.parquet, plots)")
-    print(f"demo: check it: salesfc check --workdir {workspace.root} --run-id {run_id}")
+    print(f"demo: data      {shown(workspace.data)}/ (engineered tables, prep.json)")
+    print(f"demo: features  {shown(workspace.feast)}/ (Feast registry and online store)")
+    print(f"demo: model     {shown(workspace.run_dir(run_id))}/ (model.pt, checkpoint.pt, preprocess.json, "
+          "training.json)")
+    print(f"demo: report    {shown(report)}/report.md (metrics.json, predictions.parquet, plots)")
+    print(f"demo: check it: salesfc check --workdir {shown(workspace.root)} --run-id {run_id}")
     return 0

@@ -26,7 +26,7 @@ from salesfc.data import HOLIDAY_NAMES
 from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP, split_store_dept, utc_weeks
 from salesfc.waiting import wait_for
-from salesfc.workspace import Workspace, atomic_path, read_json, wait_for_manifest, write_json
+from salesfc.workspace import Workspace, atomic_path, read_json, shown, wait_for_manifest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -232,5 +232,5 @@ def run(config) -> int:
         print("  " + line)
     print(f"infer: forecast for {manifest['next_week']}: {len(forecast):,} series, total "
           f"${forecast['predicted_sales'].sum():,.0f}")
-    print(f"infer: wrote {out}/ (predictions.parquet, metrics.json, report.md)")
+    print(f"infer: wrote {shown(out)}/ (predictions.parquet, metrics.json, report.md)")
     return 0

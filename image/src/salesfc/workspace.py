@@ -65,6 +65,16 @@ class Workspace:
             return None
 
 
+def shown(path: Path) -> str:
+    """``path`` as a person typed it: relative to the current directory when it is under it (`make demo`'s
+    ./salesfc-work), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
