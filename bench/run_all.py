@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, each printing its figures (see bench/README.md).
 
-    python bench/run_all.py [--only demo_full,retrieval,training_speed,accuracy]
+    python bench/run_all.py [--only demo_full,retrieval,serving,training_speed,accuracy]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("demo_full", "retrieval", "training_speed", "accuracy")
+ORDER = ("demo_full", "retrieval", "serving", "training_speed", "accuracy")
 
 
 def main() -> None:
