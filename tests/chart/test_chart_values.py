@@ -171,7 +171,7 @@ def value_leaves(node, prefix="") -> list[str]:
 
 WHOLE = {"podSecurityContext", "containerSecurityContext", "postgresql.podSecurityContext",
          "postgresql.containerSecurityContext", "postgresql.resources", "prep.resources", "training.resources",
-         "inference.resources", "tests.resources", "networkPolicy.dnsPorts"}
+         "inference.resources", "tests.resources", "networkPolicy.dnsPorts", "serving.resources"}
 
 
 def test_every_value_is_documented(chart_values):

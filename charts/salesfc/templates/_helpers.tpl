@@ -447,6 +447,11 @@ name, so a retrain is a new inference Job too; the same values keep the same Job
 {{- include "salesfc.componentName" (list . (printf "infer-%s" $hash) 63) }}
 {{- end }}
 
+{{/* The forecast service's Deployment, Service, budget and autoscaler. */}}
+{{- define "salesfc.serve.fullname" -}}
+{{- include "salesfc.componentName" (list . "serve" 63) }}
+{{- end }}
+
 {{/* Values the schema cannot express; fail with a message naming the value. */}}
 {{- define "salesfc.validate" -}}
 {{- $t := .Values.training }}
