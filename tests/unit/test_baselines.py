@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from salesfc import baselines
+from salesfc.dataset import Preprocessor
 from salesfc.tables import TIMESTAMP
 
 NAN = np.nan
@@ -95,3 +96,13 @@ def test_tree_peer_is_fitted_once_per_key_and_refitted_for_other_rows(tmp_path, 
     baselines.tree_peer(FakePreprocessor(), None, None, rows.iloc[:2], **args)
     baselines.tree_peer(FakePreprocessor(), None, None, rows, **{**args, "data": "other"})
     assert fits == [3, 2, 3]
+
+
+def test_the_peer_takes_a_category_as_a_number_past_the_trees_limit():
+    def categories(stores: int) -> Preprocessor:
+        return Preprocessor({"categories": [{"name": "store", "values": list(range(1, stores + 1))},
+                                            {"name": "dept", "values": [1, 2, 3]}]})
+    # 254 stores + the code for unseen ones: the most a tree takes as a category.
+    assert baselines.peer_categorical(categories(254), 10) == [10, 11]
+    assert baselines.peer_categorical(categories(255), 10) == [11]
+    assert baselines.peer_categorical(categories(4_500), 7) == [8]

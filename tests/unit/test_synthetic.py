@@ -74,3 +74,23 @@ def test_tiny_is_small_and_varied():
     tiny = synthetic.generate("tiny")
     assert 3_000 < len(tiny.sales) < 10_000
     assert set(tiny.stores["type"]) == {"A", "B", "C"}
+
+
+def test_a_chain_of_many_stores_keeps_the_first_45_and_draws_new_ones():
+    default = synthetic.generate("tiny", seed=5)
+    chain = synthetic.generate("tiny", seed=5, stores=300)
+    assert sorted(chain.stores["store"]) == list(range(1, 301))
+    assert set(chain.sales["store"]) == set(range(1, 301)) and set(chain.external["store"]) == set(range(1, 301))
+    assert not chain.stores["store"].duplicated().any()
+    # The default data is the chain's beginning, unchanged.
+    pd.testing.assert_frame_equal(chain.sales[chain.sales["store"] <= 4].reset_index(drop=True), default.sales)
+    # Later blocks are new stores from the same distributions: other sizes, every type, sales of the same order.
+    block_1 = chain.stores[chain.stores["store"].between(46, 90)]
+    assert not np.allclose(block_1["size"].to_numpy(), chain.stores["size"].to_numpy()[:45])
+    assert set(block_1["type"]) == {"A", "B", "C"}
+    per_store = chain.sales.groupby("store")["weekly_sales"].sum()
+    assert 0.3 < per_store.loc[46:].median() / per_store.loc[:45].median() < 3
+    assert chain.source == "synthetic:tiny:5:300" and default.source == "synthetic:tiny:5"
+    assert synthetic.generate("tiny", seed=5, stores=3).stores["store"].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="stores must be between 1 and"):
+        synthetic.generate("tiny", stores=0)

@@ -12,11 +12,11 @@ and the report counts how often that happened, so every forecaster is scored on 
 The peer, what a data scientist would pick instead of a network: scikit-learn's HistGradientBoostingRegressor
 with absolute error, on exactly what the network sees: the same preprocessed inputs, the same scale-aware target
 (sales / series scale) and the same sample weights (scale x holiday weight), so its loss is the dollar WMAE too.
-Store, department, week of year and store type are categorical. A small search (``PEER_GRID``) is fitted on the
-training weeks, each with early stopping on the validation weeks, and the one with the lowest validation WMAE
-forecasts; the weeks being forecast play no part. Its forecasts are cached per data version, split and settings
-(``<workdir>/baselines/``, parquet and JSON: no pickled model on a shared volume), so `infer` and `backtest`
-fit it once.
+Store, department, week of year and store type are categorical (a store id with more values than the trees take
+is a number). A small search (``PEER_GRID``) is fitted on the training weeks, each with early stopping on the
+validation weeks, and the one with the lowest validation WMAE forecasts; the weeks being forecast play no part.
+Its forecasts are cached per data version, split and settings (``<workdir>/baselines/``, parquet and JSON: no
+pickled model on a shared volume), so `infer` and `backtest` fit it once.
 """
 
 from __future__ import annotations
@@ -94,6 +94,18 @@ def _peer_matrix(preprocessor: Preprocessor, frame: pd.DataFrame):
     return np.hstack([batch.numeric, batch.categories.astype(np.float32)]), batch
 
 
+# scikit-learn's trees take at most this many categories per categorical feature (max_bins).
+PEER_MAX_CATEGORIES = 255
+
+
+def peer_categorical(preprocessor: Preprocessor, n_numeric: int) -> list[int]:
+    """Columns of the peer's matrix fitted as categories: every category with at most PEER_MAX_CATEGORIES codes.
+
+    A chain of more stores than that gives its store codes to the trees as numbers (ordered by store id): splits on
+    ranges of stores, which is what a data scientist does with an id too many-valued to one-hot or to bin."""
+    return [n_numeric + i for i, size in enumerate(preprocessor.cardinalities) if size <= PEER_MAX_CATEGORIES]
+
+
 def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int) -> str:
     # The installed version from its metadata: importing scikit-learn costs seconds, and a cached peer needs none of it.
     sklearn_version = importlib.metadata.version("scikit-learn")
@@ -166,7 +178,7 @@ def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.Data
     x_train, b_train = _peer_matrix(preprocessor, train)
     x_val, b_val = _peer_matrix(preprocessor, val)
     n_numeric = b_train.numeric.shape[1]
-    categorical = list(range(n_numeric, n_numeric + b_train.categories.shape[1]))
+    categorical = peer_categorical(preprocessor, n_numeric)
     val_holiday = val["is_holiday"].to_numpy()
     best = None
     trials = []

@@ -28,12 +28,15 @@ def load_raw(config) -> RawData:
         if not config.kaggle_dir:
             raise UserError("--source kaggle needs --kaggle-dir (the folder with train.csv, features.csv, "
                             "stores.csv)")
+        if config.stores is not None:
+            raise UserError("--stores (SALESFC_STORES) sizes synthetic data only; the Kaggle files have their own "
+                            "stores: leave it unset")
         from salesfc.data import kaggle
 
         return kaggle.load(config.kaggle_dir)
     from salesfc.data import synthetic
 
-    return synthetic.generate(config.size, config.data_seed)
+    return synthetic.generate(config.size, config.data_seed, config.stores)
 
 
 def fingerprint(frames: dict[str, pd.DataFrame]) -> str:

@@ -37,6 +37,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def store_count(text: str) -> int:
+    from salesfc.data.synthetic import MAX_STORES
+
+    value = int(text)
+    if not 1 <= value <= MAX_STORES:
+        raise ValueError(f"must be a whole number from 1 to {MAX_STORES:,}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -143,6 +152,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("size", "Synthetic data size: tiny (~5K rows, seconds), small (~50K rows) or full (~420K rows, "
             "the size of the real data).", "full", choices=("tiny", "small", "full"), commands=PREP),
     Setting("data_seed", "Seed of the synthetic data generator.", 7, int, commands=PREP),
+    Setting("stores", "Synthetic data: number of stores (default: the size's, 45 at full size), with the size's "
+            "departments; more than 45 makes a chain of new stores drawn like the first (e.g. 4,500 for a "
+            "Walmart-sized chain, ~43M rows at full size).", None, store_count, commands=PREP),
     Setting("data_id", "A name for the data prep makes (prep records it in data/prep.json); train and infer wait "
             "until the prepared data carries it. The chart sets it from its data values, so a retrain after an "
             "upgrade never starts on the data of the release before.",

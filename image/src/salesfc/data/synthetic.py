@@ -192,10 +192,38 @@ def _external(rng: np.random.Generator, store_params: dict, dates: pd.DatetimeIn
             "unemployment": unemployment.round(3), "markdowns": markdowns}
 
 
-def generate(size: str = "full", seed: int = 7) -> RawData:
-    """Generate the three raw tables. Deterministic for (size, seed); sizes share their parameters."""
+MAX_STORES = 20_000  # 20,000 x 1,000 departments keeps store_dept keys far inside int64; memory ends sooner
+
+
+def generate(size: str = "full", seed: int = 7, stores: int | None = None) -> RawData:
+    """Generate the three raw tables. Deterministic for (size, seed, stores); sizes share their parameters.
+
+    ``stores`` (default: the size's own count) sets the number of stores, with the size's departments: a chain of
+    thousands of stores is made of blocks of 45, block b drawn like the default data from seed (seed, b), so its
+    stores are new draws from the same distributions and the first 45 stores are the default data's, unchanged.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
+    if stores is None:
+        return _generate(size, seed)
+    if not 1 <= stores <= MAX_STORES:
+        raise ValueError(f"stores must be between 1 and {MAX_STORES:,}")
+    blocks = []
+    for block in range(-(-stores // N_STORES)):
+        raw = _generate(size, seed if block == 0 else block_seed(seed, block),
+                        keep_stores=min(N_STORES, stores - block * N_STORES))
+        blocks.append([frame.assign(store=frame["store"] + block * N_STORES)
+                       for frame in (raw.sales, raw.external, raw.stores)])
+    sales, external, store_table = (pd.concat(parts, ignore_index=True) for parts in zip(*blocks))
+    return RawData(sales=sales, external=external, stores=store_table, source=f"synthetic:{size}:{seed}:{stores}")
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of block ``block``: a draw of its own, unrelated to any other (seed, block)."""
+    return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
+def _generate(size: str, seed: int, keep_stores: int | None = None) -> RawData:
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
     rng_store, rng_dept, rng_ext, rng_series, rng_noise, rng_cover = streams
 
@@ -247,7 +275,7 @@ def generate(size: str = "full", seed: int = 7) -> RawData:
                 * weather * promotion)
 
     # Keep the requested size: the first stores, and for small sizes a fixed set of departments.
-    n_keep = SIZES[size]
+    n_keep = SIZES[size] if keep_stores is None else keep_stores
     dept_keep = np.isin(DEPTS, SUBSET_DEPTS[size]) if size in SUBSET_DEPTS else np.ones(n_dept, bool)
     mask = present & carries[:, :, None]
     mask[n_keep:] = False
