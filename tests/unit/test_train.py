@@ -1,0 +1,70 @@
+"""The trainer's learning-rate schedule: a linear warm-up over the first epoch, then a cosine to zero, kept across a
+resume (torch's LinearLR + CosineAnnealingLR in a SequentialLR)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from salesfc import distributed, settings, train
+from salesfc import model as model_lib
+
+ROWS, EPOCHS, LR = 4096, 3, 0.01
+
+
+@pytest.fixture
+def trainer(monkeypatch, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return make_trainer(tmp_path)
+
+
+def make_trainer(run_dir) -> train.Trainer:
+    config = settings.Config.defaults("train", epochs=EPOCHS, lr=LR, batch_size=128, device="cpu")
+    model_config = model_lib.model_config(4, [3, 3, 3, 3, 3], 4, (8,), 0.0, 1)
+    arrays = {"train_numeric": torch.zeros(ROWS, 4)}
+    return train.Trainer(config, distributed.setup("cpu"), run_dir, arrays, {"model_config": model_config,
+                                                                           "run": {}})
+
+
+def expected_lr(step: int, steps_per_epoch: int) -> float:
+    warmup, total = steps_per_epoch, steps_per_epoch * EPOCHS
+    if step < warmup:
+        return LR * (step + 1) / warmup
+    return LR * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def lrs(trainer: train.Trainer, steps: int) -> list[float]:
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # stepping the schedule without training steps
+        for _ in range(steps):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+    return seen
+
+
+def test_warm_up_over_the_first_epoch_then_a_cosine_to_zero(trainer):
+    per_epoch = trainer.steps_per_epoch
+    assert per_epoch == ROWS // 128
+    seen = lrs(trainer, per_epoch * EPOCHS)
+    assert seen == pytest.approx([expected_lr(step, per_epoch) for step in range(per_epoch * EPOCHS)], rel=1e-9,
+                                 abs=1e-12)
+    assert seen[per_epoch - 1] == pytest.approx(LR) and seen[-1] < LR * 1e-2
+
+
+def test_a_resumed_schedule_continues_where_it_stopped(trainer, tmp_path):
+    per_epoch = trainer.steps_per_epoch
+    lrs(trainer, per_epoch)
+    saved = trainer.state(0)
+    rest = lrs(trainer, per_epoch)
+    for checkpoint in (saved, {k: v for k, v in saved.items() if k != "SCHEDULER_STATE"}):  # and one from before
+        again = make_trainer(tmp_path)
+        torch.save(checkpoint, tmp_path / "checkpoint.pt")
+        again.resume()
+        assert again.epoch == 1
+        assert lrs(again, per_epoch) == pytest.approx(rest, rel=1e-9, abs=1e-12)
