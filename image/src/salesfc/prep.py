@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 
-from salesfc import feature_store, features
+from salesfc import feature_store, features, progress
 from salesfc.data import RawData
 from salesfc.errors import UserError
 from salesfc.tables import LABELS, SALES_HISTORY, STORE_CONTEXT
@@ -51,15 +51,17 @@ def run(config) -> int:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    def lap(stage: str) -> None:
+    def lap(stage: str, logged: bool = False) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[stage] = round(now - clock, 2)
         clock = now
-        log.info("%s done in %.1f s", stage, timings[stage])
+        if not logged:
+            log.info("%s done in %.1f s", stage, timings[stage])
 
-    raw = load_raw(config)
-    lap("raw data")
+    with progress.stage("reading the raw data"):  # the Kaggle CSVs, or generating full-size data: seconds
+        raw = load_raw(config)
+    lap("raw data", logged=True)
     engineered = features.engineer(raw)
     frames = {SALES_HISTORY: engineered.sales_history, STORE_CONTEXT: engineered.store_context,
               LABELS: engineered.labels}
@@ -85,15 +87,17 @@ def run(config) -> int:
     previous = read_json(workspace.manifest) if workspace.manifest.exists() else None
     if previous != manifest and workspace.manifest.exists():
         workspace.manifest.unlink()  # the data is about to change: later stages must wait for the new manifest
-    feature_store.write_offline_tables(store, frames)
-    lap("offline store")
+    with progress.stage(f"writing the offline store ({store.location.kind})"):
+        feature_store.write_offline_tables(store, frames)
+    lap("offline store", logged=True)
     objects = feature_store.load_definitions(config, store)
     applied = feature_store.apply(store, objects)
     if applied["removed"]:
         log.info("removed from the registry (no longer defined): %s", ", ".join(applied["removed"]))
     lap("feast apply")
-    feature_store.materialize(store, engineered.first_week, engineered.next_week + pd.Timedelta(days=1))
-    lap("materialize")
+    with progress.stage("materializing the latest week into the online store"):  # 6-16 s at full size
+        feature_store.materialize(store, engineered.first_week, engineered.next_week + pd.Timedelta(days=1))
+    lap("materialize", logged=True)
     write_json(workspace.manifest, manifest)
 
     print(f"prep: {manifest['rows'][LABELS]:,} weeks of sales in {manifest['series']:,} series "
