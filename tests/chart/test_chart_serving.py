@@ -121,3 +121,27 @@ def test_network_policies_admit_the_chosen_clients_only(files):
 def test_every_pod_of_the_service_is_seen_by_the_shared_checks():
     components = {meta["labels"]["app.kubernetes.io/component"] for _, meta, _ in pod_specs(render("helm4", (), ON))}
     assert "serve" in components
+
+
+@pytest.mark.parametrize("files", values_cases(), ids=case_id)
+def test_helm_test_asks_the_service_for_a_forecast_through_its_service(files):
+    """`salesfc check` in the test pod gets the Service's URL (serve_url) only with serving.enabled, and every
+    policy on its way lets it through: the serve pods' ingress and the test pod's own egress."""
+    def check_env(rendered) -> dict:
+        (container,) = containers(rendered.one("Pod", "test")["spec"])
+        assert container["command"] == ["salesfc", "check"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert "SALESFC_SERVE_URL" not in check_env(render("helm4", files))
+    for sets in (ON, ON + ("serving.port=9090",)):
+        rendered = render("helm4", files, sets)
+        url = check_env(rendered).get("SALESFC_SERVE_URL")
+        assert url, f"{sets}: helm test does not call the service"
+        settings.BY_NAME["serve_url"].parse(url, "SALESFC_SERVE_URL")
+        service = rendered.one("Service", "serve")
+        port = service["spec"]["ports"][0]["port"]
+        assert url == f"http://{service['metadata']['name']}:{port}", url
+        policies = rendered.of_kind("NetworkPolicy")
+        if policies:  # namespaced-kaggle turns them off
+            pods = pods_by_component(rendered)
+            assert can_connect(policies, pods["test"], pods["serve"], port), f"{sets}: a policy blocks helm test"

@@ -211,6 +211,27 @@ def test_probes_metrics_and_the_api_description(server):
     assert "at most 50 rows" in schemas["PredictRequest"]["properties"]["rows"]["description"]
 
 
+def test_check_asks_the_service_for_a_forecast_of_its_run(server, workspace, run_salesfc):
+    """What `helm test` runs with serving.enabled: the serving line passes against the run the service loaded, and
+    fails, naming both runs, for a run the service does not answer with."""
+    url = f"http://127.0.0.1:{server.port}"
+    # No inference ran in this workspace, so the metrics check fails: only the serving line matters here.
+    result = run_salesfc("check", "--workdir", str(workspace), "--serve-url", url, check=False)
+    (line,) = [line for line in result.stdout.splitlines() if " serving: " in line]
+    key = manifest(workspace)["forecast_series"][0]
+    assert line.startswith("ok   serving: ") and f"{{store: {key // 1000}, dept: {key % 1000}}}" in line, line
+    assert f"from model {RUN}" in line and "$" in line, line
+    shutil.copytree(workspace / "models" / RUN, workspace / "models" / "serve-pinned")
+    try:
+        pinned = run_salesfc("check", "--workdir", str(workspace), "--serve-url", url, "--run-id", "serve-pinned",
+                             "--wait-timeout", "1", check=False)
+    finally:
+        shutil.rmtree(workspace / "models" / "serve-pinned")
+    assert pinned.returncode == 1
+    (line,) = [line for line in pinned.stdout.splitlines() if " serving: " in line]
+    assert line.startswith("FAIL serving: ") and f"answers with model {RUN}, not serve-pinned" in line, line
+
+
 def test_stale_features_are_refused(server, workspace):
     """The manifest names a week the online store has not been materialized for: no forecast, a reason."""
     path = workspace / "data" / "prep.json"

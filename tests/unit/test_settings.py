@@ -29,7 +29,7 @@ def other_value(setting) -> str | None:
     candidates = [*setting.choices]
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         candidates += [str(default + 1), str(default * 2 + 1)]
-    candidates += ["3,2", "7", "abc", "0.5"]
+    candidates += ["3,2", "7", "abc", "0.5", "http://127.0.0.1:8000"]
     for text in candidates:
         try:
             value = setting.parse(text, setting.flag)
@@ -62,6 +62,7 @@ def test_each_flag_and_its_variable_change_that_setting_alone(command):
     (["train", "--hidden", "256,x"], {}, "--hidden: '256,x' must be comma-separated whole numbers"),
     (["prep", "--size", "huge"], {}, "--size: 'huge' is not one of tiny, small, full"),
     (["train", "--run-id", "Bad_Name"], {}, "--run-id: 'Bad_Name' must be lower-case letters"),
+    (["check", "--serve-url", "demo-serve:8000"], {}, "--serve-url: 'demo-serve:8000' must be an http:// or https://"),
 ])
 def test_bad_values_name_the_flag_or_variable(argv, environ, fragment):
     with pytest.raises(settings.SettingError) as caught:

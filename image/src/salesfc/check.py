@@ -6,7 +6,11 @@ need what an earlier one found (the online store needs the registry) are reporte
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -15,6 +19,7 @@ import torch
 from salesfc import feature_store
 from salesfc.baselines import NAIVE
 from salesfc.errors import UserError
+from salesfc.tables import DEPT_BASE
 from salesfc.waiting import wait_for
 from salesfc.workspace import read_json
 
@@ -23,6 +28,49 @@ log = logging.getLogger(__name__)
 
 class Failed(Exception):
     pass
+
+
+class Retry(Exception):
+    """The service is not answering yet (no endpoint, 503, an older run loaded): worth asking again."""
+
+
+def predict_problem(url: str, store: int, dept: int, run_id: str, timeout: float = 10.0) -> str:
+    """POST /predict {store, dept} to the forecast service at ``url`` and check the answer: status 200, a finite
+    forecast for that row, and ``run_id`` as the model. Returns what it saw; raises Retry for a service that is not
+    ready yet and Failed for an answer that is wrong."""
+    endpoint = url.rstrip("/") + "/predict"
+    request = urllib.request.Request(endpoint, data=json.dumps({"store": store, "dept": dept}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    asked = f"POST {endpoint} {{store: {store}, dept: {dept}}}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as err:
+        # Connection refused or no DNS name yet: the Deployment is not ready (a Service without endpoints).
+        raise Retry(f"{asked}: no answer ({getattr(err, 'reason', err)}); is serving.enabled and the serve "
+                    f"Deployment ready?") from None
+    if status == 503:
+        # The service's own reason: no model yet, the database away.
+        raise Retry(f"{asked}: 503 {text[:300]}")
+    if status != 200:
+        raise Failed(f"{asked}: HTTP {status}, expected 200: {text[:300]}")
+    try:
+        answer = json.loads(text)
+        (row,) = answer["forecasts"]
+        served_run = answer["run_id"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise Failed(f"{asked}: 200 but not a forecast answer ({type(err).__name__}: {err}): {text[:300]}") from None
+    if served_run != run_id:
+        # A retrain finishes before the service's next look at models/LATEST: wait for the swap.
+        raise Retry(f"{asked}: the service answers with model {served_run}, not {run_id}")
+    if row.get("error"):
+        raise Failed(f"{asked}: no forecast, {row['error'].get('code')}: {row['error'].get('message')}")
+    value = row.get("predicted_sales")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Failed(f"{asked}: predicted_sales is {value!r}, not a number")
+    return f"{asked} -> ${value:,.0f} for the week of {row.get('week')} from model {served_run}"
 
 
 def run(config) -> int:
@@ -102,6 +150,23 @@ def run(config) -> int:
         if not np.isfinite(prediction).all():
             raise Failed("the model predicts non-finite sales for online rows")
         return f"{len(prediction)} online rows predicted, e.g. ${prediction[0]:,.0f}"
+
+    if config.serve_url:
+        @check("serving", needs=("model", "manifest"))
+        def _():
+            key = int(state["manifest_obj"]["forecast_series"][0])
+            seen: list[str] = []
+
+            def answered() -> str | None:
+                try:
+                    seen.append(predict_problem(config.serve_url, key // DEPT_BASE, key % DEPT_BASE,
+                                                state["run_id"]))
+                    return None
+                except Retry as err:
+                    return str(err)
+
+            wait_for(f"the forecast service at {config.serve_url}", answered, config.wait_timeout)
+            return seen[-1]
 
     @check("metrics", needs=("model",))
     def _():

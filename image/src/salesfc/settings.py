@@ -94,6 +94,15 @@ def run_id(text: str) -> str:
     return text
 
 
+def http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -216,6 +225,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(Retry-After); the service also retries the database this often.", 5, positive_int, commands=SERVE),
     Setting("max_wmae_ratio", "check: fail when the model's WMAE exceeds this multiple of the best naive "
             "baseline's WMAE on the held-out weeks.", 1.0, positive_float, commands=("check",)),
+    Setting("serve_url", "check: base URL of the forecast service (salesfc serve), e.g. http://127.0.0.1:8000; "
+            "when given, check also asks it POST /predict for a store department of the prepared data and wants "
+            "status 200, a forecast and the checked run's id (waiting up to --wait-timeout for it).",
+            type=http_url, commands=("check",)),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
