@@ -38,6 +38,15 @@ COMBINATIONS = [
 SALESFC_COMPONENTS = ("prep", "trainer", "infer", "test")
 
 
+def serving_enabled(files: tuple[str, ...]) -> bool:
+    """Whether these values files turn the forecast service on (off in the chart's defaults), read from the files
+    themselves so that a test expecting the service does not learn it from what it checks."""
+    enabled = False
+    for f in files:
+        enabled = ((yaml.safe_load((REPO / f).read_text()) or {}).get("serving") or {}).get("enabled", enabled)
+    return bool(enabled)
+
+
 def values_cases() -> list[tuple[str, ...]]:
     """Every values file alone, the documented combinations, and the chart's defaults (no file)."""
     cases: list[tuple[str, ...]] = [()]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from chartlib import REPO, case_id, containers, pod_specs, render, values_cases
+from chartlib import REPO, case_id, containers, pod_specs, render, serving_enabled, values_cases
 from salesfc import cli, settings
 
 pytestmark = pytest.mark.chart
@@ -47,7 +47,7 @@ def subcommand(command: list[str]) -> str:
 def test_commands_are_real_subcommands(files):
     runs = salesfc_runs(render("helm4", files))
     seen = sorted(subcommand(cmd) for _, cmd, _, _ in runs)
-    assert seen == ["check", "infer", "prep", "train"], seen
+    assert seen == sorted(["check", "infer", "prep", "train"] + (["serve"] if serving_enabled(files) else [])), seen
     for where, cmd, _, _ in runs:
         assert subcommand(cmd) in cli.COMMANDS, f"{where}: {cmd}"
     assert render("helm4", files).trainjob["spec"]["trainer"]["command"] == ["torchrun"]
@@ -150,7 +150,9 @@ def test_inference_and_check_use_this_trainjobs_model(files):
     for where, command, env, _ in salesfc_runs(rendered):
         values = {e["name"]: e.get("value") for e in env}
         run_ids[subcommand(command)] = values.get("SALESFC_RUN_ID")
-    assert run_ids == {"prep": None, "train": name, "infer": name, "check": name}
+    # The service follows models/LATEST instead: a retrain is swapped in by the running pods.
+    assert run_ids == {"prep": None, "train": name, "infer": name, "check": name,
+                       **({"serve": None} if serving_enabled(files) else {})}
 
 
 def test_prep_settings_follow_values():

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.chart
 
 TRAINER_KINDS = {"TrainJob": "trainjobs", "ClusterTrainingRuntime": "clustertrainingruntimes",
                  "TrainingRuntime": "trainingruntimes"}
-BUILT_IN = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1"}
+BUILT_IN = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "policy/v1", "autoscaling/v2"}
 # The TrainJob's name rules, the only CEL rules at a TrainJob's root: checked here by hand too, so that a new rule in a
 # later Trainer release is noticed (the set below must then be extended).
 KNOWN_ROOT_RULES = {"self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')", "size(self.metadata.name) <= 63"}

@@ -9,7 +9,8 @@ import re
 import pytest
 import yaml
 
-from chartlib import (CHART, HELMS, REPO, case_id, containers, labels, pod_specs, render, values_cases)
+from chartlib import (CHART, HELMS, REPO, case_id, containers, labels, pod_specs, render, serving_enabled,
+                      values_cases)
 
 pytestmark = pytest.mark.chart
 
@@ -75,7 +76,8 @@ def restricted_violations(spec: dict) -> list[str]:
 def expected_components(files) -> set[str]:
     rendered = render("helm4", files)
     external = not rendered.of_kind("StatefulSet")
-    return set(("prep", "trainer", "infer", "test") + (() if external else ("postgresql",)))
+    return set(("prep", "trainer", "infer", "test") + (() if external else ("postgresql",)) +
+               (("serve",) if serving_enabled(files) else ()))
 
 
 @pytest.mark.parametrize("files", values_cases(), ids=case_id)

@@ -132,7 +132,7 @@ def test_helm_test_asks_the_service_for_a_forecast_through_its_service(files):
         assert container["command"] == ["salesfc", "check"]
         return {e["name"]: e.get("value") for e in container["env"]}
 
-    assert "SALESFC_SERVE_URL" not in check_env(render("helm4", files))
+    assert "SALESFC_SERVE_URL" not in check_env(render("helm4", files, ("serving.enabled=false",)))
     for sets in (ON, ON + ("serving.port=9090",)):
         rendered = render("helm4", files, sets)
         url = check_env(rendered).get("SALESFC_SERVE_URL")

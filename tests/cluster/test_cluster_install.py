@@ -102,6 +102,28 @@ def check_node_job(bed, namespace: str, rendered_tj: dict, values: dict) -> dict
     return js
 
 
+def check_serving(bed, namespace: str, rendered: list[dict], replicas: int) -> None:
+    """The API server took the forecast service's objects, restricted Pod Security its pods, and they fit together:
+    every replica available and counted by the PodDisruptionBudget (KWOK runs the pods Ready; no code runs)."""
+    def of_serve(o: dict) -> bool:
+        name = o["metadata"]["name"]
+        return o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "serve" or \
+            name.endswith(("-serve", "-serve-clients"))
+    serve = [o for o in rendered if o["kind"] in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
+             and of_serve(o)]
+    assert sorted(o["kind"] for o in serve) == ["Deployment", "NetworkPolicy", "NetworkPolicy",
+                                                "PodDisruptionBudget", "Service"], [o["kind"] for o in serve]
+    for obj in serve:
+        assert bed.get(obj["kind"].lower(), "-n", namespace, obj["metadata"]["name"])["metadata"]["uid"]
+    name = next(o["metadata"]["name"] for o in serve if o["kind"] == "Deployment")
+    wait_for(f"Deployment {name} available with {replicas} ready pods", lambda: (lambda d: d if condition(
+        d, "Available") and d["status"].get("readyReplicas") == replicas else None)(
+        bed.get("deployment", "-n", namespace, name)))
+    budget = next(o["metadata"]["name"] for o in serve if o["kind"] == "PodDisruptionBudget")
+    wait_for(f"PodDisruptionBudget {budget} counting the {replicas} pods", lambda: (lambda b: b if b.get(
+        "status", {}).get("expectedPods") == replicas else None)(bed.get("pdb", "-n", namespace, budget)))
+
+
 def a_ca_certificate() -> str:
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{folder}/ca.key",
@@ -158,6 +180,8 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     live = trainjobs(bed, namespace)
     assert [t["metadata"]["name"] for t in live] == [rendered_tj["metadata"]["name"]]
     js = check_node_job(bed, namespace, rendered_tj, values)
+    if values["serving"]["enabled"]:
+        check_serving(bed, namespace, rendered, values["serving"]["replicas"])
 
     pods = wait_for("the trainer pods", lambda: [
         p for p in items(bed, "pods", namespace, f"jobset.sigs.k8s.io/jobset-name={js['metadata']['name']}")
