@@ -5,6 +5,7 @@ lifecycles), the JobSet controller and the Kubeflow Trainer controller manager w
 scripts/build-control-plane.sh builds the binaries; scripts/install-chart-tools.sh provides kubectl.
 
     python scripts/control_plane.py up --trainer v2.3.0 --dir /tmp/cp   # prints the KUBECONFIG to use
+    python scripts/control_plane.py up --trainer v2.3.0 --dir /tmp/cp --feature-gates TrainJobStatus=true
     python scripts/control_plane.py down --dir /tmp/cp
 
 What the bed has, and why:
@@ -108,6 +109,8 @@ class Bed:
 
     trainer: str
     root: Path
+    # Trainer feature gates to turn on, e.g. ("TrainJobStatus=true",): its controller's --feature-gates.
+    feature_gates: tuple[str, ...] = ()
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -263,6 +266,10 @@ class Bed:
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={self.ports['apiserver']}", f"--cert-dir={self.root / 'apiserver'}",
             f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
+            # First the issuer a process here can discover (/.well-known/openid-configuration on this API server):
+            # the Trainer's status server verifies the trainer pods' tokens through it. Tokens of the usual cluster
+            # issuer are still accepted.
+            f"--service-account-issuer=https://127.0.0.1:{self.ports['apiserver']}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.root / 'sa.pub'}",
             f"--service-account-signing-key-file={self.root / 'sa.key'}",
@@ -428,8 +435,10 @@ class Bed:
                 "wait", "--for=condition=Established", "--timeout=10s", f"crd/{name}", timeout=30), timeout=90)
         self.retry("the controller's objects to apply", lambda: self.apply(rest) or True, timeout=90)
 
-    def _start_controller(self, name: str, argv: list[str], namespace: str, secret: str) -> None:
-        """Run a controller in its own mount namespace, feed it its webhook certificate, wait until it serves."""
+    def _start_controller(self, name: str, argv: list[str], namespace: str, secret: str,
+                          service_account: Path | None = None) -> None:
+        """Run a controller in its own mount namespace, feed it its webhook certificate, wait until it serves.
+        ``service_account``: a folder to show it at /var/run/secrets/kubernetes.io/serviceaccount, as in a pod."""
         certs = self.root / f"{name}-certs"
         certs.mkdir(exist_ok=True)
         CERT_DIR.mkdir(parents=True, exist_ok=True)
@@ -437,6 +446,12 @@ class Bed:
         if os.geteuid() != 0:
             unshare.insert(1, "-r")  # a user namespace lets an ordinary user bind-mount
         script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+        if service_account:
+            # A tmpfs over /run (/var/run) in the controller's own mount namespace only: the host has no
+            # /run/secrets to mount on, and must not get one (clients take it as "running in a pod").
+            script = ('mount --bind "$0" "$1" && mount -t tmpfs tmpfs /run && '
+                      'mkdir -p /run/secrets/kubernetes.io/serviceaccount && '
+                      f'mount --bind {service_account} /run/secrets/kubernetes.io/serviceaccount && shift && exec "$@"')
         self.start(name, [*unshare, "sh", "-c", script, str(certs), str(CERT_DIR), *argv],
                    env={"KUBECONFIG": str(self.kubeconfig)})
 
@@ -491,6 +506,18 @@ class Bed:
             return True
         self.retry("the JobSet webhooks to answer", webhook_answers, timeout=90)
 
+    def _service_account_folder(self, objects: list[dict]) -> Path:
+        """What a pod of the Trainer's ServiceAccount finds in /var/run/secrets/kubernetes.io/serviceaccount. The
+        status server reads the token's issuer from it (and verifies trainer pods' tokens against that issuer)."""
+        account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]
+        folder = self.root / "trainer-serviceaccount"
+        folder.mkdir(exist_ok=True)
+        token = self.retry("a token for the Trainer's ServiceAccount", lambda: self.kubectl(
+            "create", "token", account["name"], "-n", account["namespace"], "--duration=24h").stdout.strip())
+        (folder / "token").write_text(token)
+        (folder / "namespace").write_text(account["namespace"])
+        return folder
+
     def _start_trainer(self) -> None:
         source = module_dir(f"github.com/kubeflow/trainer/v2@{self.trainer}") / "manifests"
         work = self.root / "trainer-manifests"
@@ -521,8 +548,13 @@ class Bed:
             config["statusServer"]["port"] = self.ports["trainer_status"]
         path = self.root / "trainer-config.yaml"
         path.write_text(yaml.safe_dump(config))
-        self._start_controller("trainer", [str(binary("trainer", self.trainer)), f"--config={path}"],
-                               "kubeflow-system", secret)
+        argv = [str(binary("trainer", self.trainer)), f"--config={path}"]
+        service_account = None
+        if self.feature_gates:
+            argv.append(f"--feature-gates={','.join(self.feature_gates)}")
+        if "TrainJobStatus=true" in self.feature_gates:
+            service_account = self._service_account_folder(objects)
+        self._start_controller("trainer", argv, "kubeflow-system", secret, service_account)
         self._wait_ready("trainer", self.ports["trainer_health"])
 
         def webhook_answers() -> bool:
@@ -537,13 +569,13 @@ class Bed:
 
 
 @contextlib.contextmanager
-def running(trainer: str, root: Path | None = None) -> Iterator[Bed]:
+def running(trainer: str, root: Path | None = None, feature_gates: tuple[str, ...] = ()) -> Iterator[Bed]:
     """A control plane for the duration of the block; every process it started is gone afterwards."""
     if trainer not in JOBSET_FOR_TRAINER:
         raise BedError(f"Trainer {trainer} is not one of {', '.join(TRAINER_VERSIONS)}")
     owned = root is None
     root = Path(root or tempfile.mkdtemp(prefix=f"salesfc-bed-{trainer}-"))
-    bed = Bed(trainer=trainer, root=root)
+    bed = Bed(trainer=trainer, root=root, feature_gates=tuple(feature_gates))
     try:
         bed.up()
         yield bed
@@ -577,12 +609,14 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a control plane and leave it running (stop it with `down`)")
     up.add_argument("--trainer", choices=TRAINER_VERSIONS, default=TRAINER_VERSIONS[-1])
     up.add_argument("--dir", type=Path, required=True, help="folder for its state, logs and kubeconfig")
+    up.add_argument("--feature-gates", default="", help="Trainer feature gates, e.g. TrainJobStatus=true (v2.3)")
     down = sub.add_parser("down", help="stop what `up` started in --dir")
     down.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            bed = Bed(trainer=args.trainer, root=args.dir.resolve())
+            gates = tuple(g for g in args.feature_gates.split(",") if g)
+            bed = Bed(trainer=args.trainer, root=args.dir.resolve(), feature_gates=gates)
             try:
                 bed.up()
             except BaseException:

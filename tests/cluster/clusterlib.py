@@ -23,6 +23,12 @@ HELM_FOR_TRAINER = {"v2.1.0": "helm3", "v2.3.0": "helm4"}
 
 ON_ALL = pytest.mark.parametrize("bed", control_plane.TRAINER_VERSIONS, indirect=True, scope="session")
 ON_LATEST = pytest.mark.parametrize("bed", control_plane.TRAINER_VERSIONS[-1:], indirect=True, scope="session")
+# v2.1, which has no TrainJob status, and v2.3 with its TrainJobStatus feature gate on (a control plane of its own:
+# the gate changes every trainer pod, and the other tests check pods as the default Trainer builds them).
+ON_ALL_WITH_TRAINJOB_STATUS = pytest.mark.parametrize(
+    "bed", [pytest.param("v2.1.0", id="v2.1.0"),
+            pytest.param(("v2.3.0", ("TrainJobStatus=true",)), id="v2.3.0-TrainJobStatus")],
+    indirect=True, scope="session")
 
 _names = itertools.count()
 
@@ -145,6 +151,36 @@ def node_job(js: dict) -> dict:
 
 def env_of(container: dict) -> dict:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def check_node_job(bed, namespace: str, rendered_tj: dict, values: dict) -> dict:
+    """The JobSet the Trainer built: nodes, processes, resources, tolerations and volumes as requested."""
+    training = values["training"]
+    assert not [e for e in rendered_tj["spec"]["trainer"].get("env", []) if e["name"].startswith("PET_")], \
+        "the chart sets PET_* itself; the Trainer must"
+    js = jobset(bed, namespace, rendered_tj["metadata"]["name"])
+    job = node_job(js)["template"]["spec"]
+    assert job["parallelism"] == job["completions"] == training["numNodes"]
+    pod = job["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "node")
+    env = env_of(container)
+    assert env["PET_NNODES"] == str(training["numNodes"])
+    assert env["PET_NPROC_PER_NODE"] == str(training["numProcPerNode"])
+    assert env["PET_MASTER_PORT"] == "29500"
+    assert "PET_NODE_RANK" in env and "PET_MASTER_ADDR" in env
+    limits = container["resources"]["limits"]
+    for key, value in training["resources"]["limits"].items():
+        assert str(limits[key]) == str(value), (key, limits)
+    gpus = training["gpusPerNode"]
+    assert str(limits.get("nvidia.com/gpu", 0)) == str(gpus)
+    for toleration in training["tolerations"]:
+        assert toleration in pod.get("tolerations", [])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
+    shared = values["sharedStorage"]["existingClaim"] or None
+    assert claims and (shared is None or shared in claims)
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    return js
 
 
 def create_namespace(bed, name: str) -> None:

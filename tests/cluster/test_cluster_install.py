@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterlib import (CHART, ON_LATEST, REPO, condition, create_namespace, env_of, helm, install, items, jobset,
-                        manifest, node_job, trainjobs, unique, wait_for, wait_trainjob_complete, what_is_left)
+from clusterlib import (CHART, ON_LATEST, REPO, check_node_job, condition, create_namespace, env_of, helm, install,
+                        items, manifest, trainjobs, unique, wait_for, wait_trainjob_complete, what_is_left)
 
 pytestmark = pytest.mark.cluster
 
@@ -70,36 +70,6 @@ def prerequisites(profile: str, values: dict, postgres_server) -> tuple[list[dic
                     {"apiVersion": "v1", "kind": "ServiceAccount",
                      "metadata": {"name": values["serviceAccount"]["name"]}}]
     return objects, sets
-
-
-def check_node_job(bed, namespace: str, rendered_tj: dict, values: dict) -> dict:
-    """The JobSet the Trainer built: nodes, processes, resources, tolerations and volumes as requested."""
-    training = values["training"]
-    assert not [e for e in rendered_tj["spec"]["trainer"].get("env", []) if e["name"].startswith("PET_")], \
-        "the chart sets PET_* itself; the Trainer must"
-    js = jobset(bed, namespace, rendered_tj["metadata"]["name"])
-    job = node_job(js)["template"]["spec"]
-    assert job["parallelism"] == job["completions"] == training["numNodes"]
-    pod = job["template"]["spec"]
-    container = next(c for c in pod["containers"] if c["name"] == "node")
-    env = env_of(container)
-    assert env["PET_NNODES"] == str(training["numNodes"])
-    assert env["PET_NPROC_PER_NODE"] == str(training["numProcPerNode"])
-    assert env["PET_MASTER_PORT"] == "29500"
-    assert "PET_NODE_RANK" in env and "PET_MASTER_ADDR" in env
-    limits = container["resources"]["limits"]
-    for key, value in training["resources"]["limits"].items():
-        assert str(limits[key]) == str(value), (key, limits)
-    gpus = training["gpusPerNode"]
-    assert str(limits.get("nvidia.com/gpu", 0)) == str(gpus)
-    for toleration in training["tolerations"]:
-        assert toleration in pod.get("tolerations", [])
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
-    shared = values["sharedStorage"]["existingClaim"] or None
-    assert claims and (shared is None or shared in claims)
-    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
-    return js
 
 
 def check_serving(bed, namespace: str, rendered: list[dict], replicas: int) -> None:

@@ -29,7 +29,7 @@ def other_value(setting) -> str | None:
     candidates = [*setting.choices]
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         candidates += [str(default + 1), str(default * 2 + 1)]
-    candidates += ["3,2", "7", "abc", "0.5", "http://127.0.0.1:8000"]
+    candidates += ["3,2", "7", "abc", "0.5", "http://127.0.0.1:8000", "true"]
     for text in candidates:
         try:
             value = setting.parse(text, setting.flag)
@@ -40,7 +40,7 @@ def other_value(setting) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("command", settings.STAGES)
+@pytest.mark.parametrize("command", settings.STAGES + settings.SUBMIT)
 def test_each_flag_and_its_variable_change_that_setting_alone(command):
     defaults = resolve([command])
     checked = 0

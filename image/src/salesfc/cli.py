@@ -1,4 +1,4 @@
-"""The one entry point: ``salesfc prep | train | infer | check | backtest | serve | demo``.
+"""The one entry point: ``salesfc prep | train | infer | check | backtest | serve | submit | demo``.
 
 Stages import their modules only when run, so ``--help`` answers at once (importing Feast alone takes seconds).
 """
@@ -39,6 +39,11 @@ COMMANDS = {
               "Serve real-time forecasts over HTTP: POST /predict for one or many store departments (features from "
               "the online store, the same preprocessing and model as infer), /healthz, /readyz, /metrics, /docs. "
               "Follows the latest finished run without a restart."),
+    "submit": ("salesfc.submit",
+               "Submit training to a cluster as a Kubeflow TrainJob on a salesfc release's training runtime, through "
+               "the Kubeflow SDK's TrainerClient: the image's own `torchrun -m salesfc train` with the nodes, "
+               "processes, resources and training settings given here. --wait waits for it and prints its progress; "
+               "--follow streams rank 0's log."),
     "demo": ("salesfc.demo",
              "Run prep, train (2 processes) and infer locally on the embedded default store, and say where "
              "everything went."),

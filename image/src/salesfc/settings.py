@@ -20,10 +20,12 @@ PASSWORD_ENV = "SALESFC_PG_PASSWORD"
 STAGES = ("prep", "train", "infer", "check", "demo", "backtest")
 ALL = STAGES + ("serve",)
 PREP = ("prep", "demo")
-TRAIN = ("train", "demo", "backtest")
+# submit takes the training settings too, and hands them to the TrainJob it creates.
+TRAIN = ("train", "demo", "backtest", "submit")
 INFER = ("infer", "demo")
 RUN = ("train", "infer", "check", "demo", "backtest", "serve")
 SERVE = ("serve",)
+SUBMIT = ("submit",)
 
 
 class SettingError(ValueError):
@@ -84,6 +86,24 @@ def layer_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def switch(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def quantity(text: str) -> str:
+    # The Kubernetes resource quantity grammar, for the plain numbers and suffixes people write.
+    import re
+
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", text):
+        raise ValueError("must be a Kubernetes quantity, e.g. 4, 500m, 16Gi")
+    return text
+
+
 def run_id(text: str) -> str:
     # Run ids become directory names and Kubernetes object names: keep them to an RFC 1035 label.
     import re
@@ -111,6 +131,8 @@ class Setting:
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] = ()
     commands: tuple[str, ...] = ALL
+    # A switch is given as a bare flag (--wait) or with a value (--wait false, SALESFC_WAIT=true).
+    is_switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -151,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
     Setting("wait_timeout", "Seconds to wait for this stage's inputs (database, prepared data, model) before "
             "failing; 0 checks once.", 0.0, non_negative_float, commands=STAGES),
-    Setting("log_level", "Logging level of salesfc (libraries log warnings only).", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting("log_level", "Logging level of salesfc (libraries log warnings only).", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            commands=ALL + SUBMIT),
     # prep
     Setting("source", "Raw data: 'synthetic' (generated, Walmart-shaped, knows its noise floor) or 'kaggle' "
             "(train.csv, features.csv, stores.csv from --kaggle-dir).", "synthetic",
@@ -172,7 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_id", "Model run: models/<run-id>/ under the workdir. train: default a new id from the clock; "
             "infer and check: default the latest finished run; serve: default the latest finished run, followed as "
             "new runs finish; backtest: backtests/<run-id>/ (default a new id; "
-            "an existing one resumes, keeping its finished folds).", type=run_id, commands=RUN),
+            "an existing one resumes, keeping its finished folds); submit: the TrainJob's name and its model's run id "
+            "(default train-<UTC time>).", type=run_id, commands=RUN + SUBMIT),
     Setting("epochs", "Maximum training epochs.", 40, positive_int, commands=TRAIN),
     Setting("batch_size", "Global batch size, split across all processes (smaller on small data, so that an "
             "epoch has at least 32 steps).", 4096, positive_int, commands=TRAIN),
@@ -195,7 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("val_weeks", "Weeks before the held-out test weeks used for early stopping.", 13, positive_int,
             commands=TRAIN),
     Setting("test_weeks", "Final weeks held out from training and model selection; infer evaluates on them.",
-            26, positive_int, commands=("train", "demo")),
+            26, positive_int, commands=("train", "demo", "submit")),
     Setting("folds", "backtest: number of folds (rolling origins), consecutive and ending with the last week.", 4,
             positive_int, commands=("backtest",)),
     Setting("fold_weeks", "backtest: weeks per fold (4 x 13 covers the last year, so every holiday is in one "
@@ -205,8 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("amp", "Mixed precision (bf16 autocast): auto (on for CUDA), on or off.", "auto",
             choices=("auto", "on", "off"), commands=TRAIN),
     Setting("nproc_per_node", "Training processes to start on this machine when not already under torchrun "
-            "(the TrainJob sets its own through torchrun). Default: 1 for train, 2 for demo.",
-            type=positive_int, commands=("train", "demo")),
+            "(the TrainJob sets its own through torchrun). Default: 1 for train, 2 for demo. submit: processes per "
+            "node of the TrainJob (default: the Trainer's, one per GPU, or one per CPU of the node's limit).",
+            type=positive_int, commands=("train", "demo", "submit")),
     Setting("plot_series", "How many series to plot (forecast against actual) in the report.", 6,
             non_negative_int, commands=INFER),
     # serve
@@ -223,6 +248,26 @@ SETTINGS: tuple[Setting, ...] = (
             positive_float, commands=SERVE),
     Setting("retry_after", "serve: seconds a 503 answer (database away, no model yet) tells clients to wait "
             "(Retry-After); the service also retries the database this often.", 5, positive_int, commands=SERVE),
+    # submit
+    Setting("runtime", "submit: the salesfc training runtime to train on, as `helm status <release>` names it: a "
+            "TrainingRuntime in --namespace, else a ClusterTrainingRuntime of that name.", commands=SUBMIT),
+    Setting("namespace", "submit: namespace of the TrainJob (default: the kubeconfig context's; KUBECONFIG "
+            "picks the cluster).", commands=SUBMIT),
+    Setting("image", "submit: trainer image (default: the runtime's, i.e. the release's image).", commands=SUBMIT),
+    Setting("num_nodes", "submit: training nodes (pods) (default: the runtime's).", type=positive_int,
+            commands=SUBMIT),
+    Setting("cpu", "submit: CPUs per node, requests and limits (e.g. 8 or 7500m; default: the runtime's).",
+            type=quantity, commands=SUBMIT),
+    Setting("memory", "submit: memory per node, requests and limits (e.g. 32Gi; default: the runtime's).",
+            type=quantity, commands=SUBMIT),
+    Setting("gpus", "submit: nvidia.com/gpu per node (default: the runtime's).", type=non_negative_int,
+            commands=SUBMIT),
+    Setting("wait", "submit: wait until the TrainJob completes, printing its progress; exit 1 when it fails.",
+            False, switch, commands=SUBMIT, is_switch=True),
+    Setting("follow", "submit: stream the logs of the first trainer node (rank 0) until it ends, then wait as "
+            "--wait does.", False, switch, commands=SUBMIT, is_switch=True),
+    Setting("job_timeout", "submit: seconds --wait and --follow wait for the TrainJob before giving up (the "
+            "TrainJob goes on).", 21600, positive_int, commands=SUBMIT),
     Setting("max_wmae_ratio", "check: fail when the model's WMAE exceeds this multiple of the best naive "
             "baseline's WMAE on the held-out weeks.", 1.0, positive_float, commands=("check",)),
     Setting("serve_url", "check: base URL of the forecast service (salesfc serve), e.g. http://127.0.0.1:8000; "
@@ -247,7 +292,9 @@ def add_to_parser(parser: argparse.ArgumentParser, command: str) -> None:
             shown = ",".join(str(part) for part in shown)
         default_text = "" if shown is None else f" Default: {shown}."
         choices_text = f" One of: {', '.join(setting.choices)}." if setting.choices else ""
-        parser.add_argument(setting.flag, dest=setting.name, default=None, metavar=setting.name.upper(),
+        shape = {"nargs": "?", "const": "true", "metavar": "true|false"} if setting.is_switch else \
+            {"metavar": setting.name.upper()}
+        parser.add_argument(setting.flag, dest=setting.name, default=None, **shape,
                             help=f"{setting.help}{choices_text}{default_text} Env: {setting.env}.")
 
 
@@ -277,6 +324,11 @@ def password(environ: os._Environ | dict | None = None) -> str:
     return environ.get(PASSWORD_ENV, "")
 
 
+def as_text(value: Any) -> str:
+    """A setting's value as its flag or variable takes it."""
+    return ",".join(str(part) for part in value) if isinstance(value, tuple) else str(value)
+
+
 def as_flags(values: dict, command: str) -> list[str]:
     """The flags that reproduce ``values`` for ``command``: how a launcher passes its settings to child processes."""
     flags: list[str] = []
@@ -284,10 +336,14 @@ def as_flags(values: dict, command: str) -> list[str]:
         value = values.get(setting.name)
         if value is None:
             continue
-        if isinstance(value, tuple):
-            value = ",".join(str(part) for part in value)
-        flags += [setting.flag, str(value)]
+        flags += [setting.flag, as_text(value)]
     return flags
+
+
+def as_environment(values: dict, command: str) -> dict[str, str]:
+    """The SALESFC_* variables that reproduce ``values`` for ``command``: how submit hands settings to a TrainJob."""
+    return {setting.env: as_text(values[setting.name]) for setting in for_command(command)
+            if values.get(setting.name) is not None}
 
 
 def fail(message: str, code: int = 2):

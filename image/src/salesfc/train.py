@@ -28,7 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from salesfc import cpus, distributed, metrics, progress, settings
+from salesfc import cpus, distributed, metrics, progress, settings, trainer_status
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.errors import UserError
@@ -257,6 +257,7 @@ class Trainer:
     def _fit(self, bar: progress.Progress) -> dict:
         started = time.perf_counter()
         samples = 0
+        status = trainer_status.Reporter(self.context.is_main, self.config.epochs, first_epoch=self.epoch)
         for epoch in range(self.epoch, self.config.epochs):
             tick = time.perf_counter()
             train_loss = self.train_epoch(epoch, bar)
@@ -285,12 +286,15 @@ class Trainer:
                 if improved:
                     model_lib.save(self.run_dir / "model.pt", self.state(epoch))
                 model_lib.save(self.run_dir / "checkpoint.pt", self.state(epoch))
+                status.epoch_done(record, self.best_epoch + 1)
             stop = epoch - self.best_epoch >= self.config.patience
             if self.context.agree(stop):
                 if self.context.is_main:
                     log.info("early stopping: no better validation loss for %d epochs", self.config.patience)
                 break
         elapsed = time.perf_counter() - started
+        if self.history:
+            status.finished(self.history[-1], self.best_epoch + 1)
         return {"best_epoch": self.best_epoch + 1, "best_val_loss": self.best_loss, "epochs_run": len(self.history),
                 "train_seconds": round(elapsed, 2), "samples_per_second": round(samples / elapsed) if elapsed else None}
 
