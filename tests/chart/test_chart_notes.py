@@ -28,7 +28,8 @@ def test_notes_name_what_runs_and_where_results_land():
     for expected in (f"kubectl -n forecasting get trainjob {trainjob}", f"job/{infer}",
                      "helm test demo -n forecasting", f"/shared/reports/{trainjob}/", f"/shared/models/{trainjob}/",
                      "pvc/demo-salesfc-shared", "pvc/data-demo-salesfc-postgresql-0", "secret/demo-salesfc-postgresql",
-                     "condition=Complete trainjob/"):
+                     "condition=Complete trainjob/", "{.status.trainerStatus}",
+                     f"salesfc submit --runtime {rendered.runtime['metadata']['name']} --namespace forecasting"):
         assert expected in text, f"NOTES lack {expected!r}:\n{text}"
 
 
