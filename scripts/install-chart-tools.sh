@@ -9,6 +9,7 @@
 #   share/ct/                     chart-testing's own etc/chart_schema.yaml and etc/lintconf.yaml
 #   share/trainer/<version>/      the Kubeflow Trainer CRDs (manifests/base/crds/trainer.kubeflow.org_*.yaml)
 #   share/jobset/<version>/       the JobSet CRD each of those Trainer releases depends on
+#   share/prometheus-operator/<version>/  the Prometheus Operator's ServiceMonitor CRD (serving.serviceMonitor)
 #
 # The CRDs and chart-testing's config come from the Go module proxy (`go mod download -json`); nothing is committed
 # to this repository. Needs: go (>= 1.26, for Helm 3.21), npm, unzip, git. Running it again only fills in what is
@@ -27,6 +28,8 @@ CT_VERSION=v3.14.0
 # Trainer release -> the JobSet release its go.mod requires (the JobSet CRD its runtimes' spec.template follows).
 TRAINER_VERSIONS=(v2.1.0 v2.3.0)
 declare -A JOBSET_FOR_TRAINER=([v2.1.0]=v0.10.1 [v2.3.0]=v0.12.0)
+# Keep in step with PROMETHEUS_OPERATOR in tests/chart/k8sschemas.py.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${TOOLS_DIR:-$REPO/.tools}"
@@ -144,6 +147,10 @@ for trainer in "${TRAINER_VERSIONS[@]}"; do
         'jobset.x-k8s.io_*.yaml'
     echo "$jobset" > "$SHARE/trainer/$trainer/JOBSET_VERSION"
 done
+
+copy_from_module "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    example/prometheus-operator-crd "$SHARE/prometheus-operator/$PROMETHEUS_OPERATOR_VERSION" \
+    monitoring.coreos.com_servicemonitors.yaml
 
 log "done: $("$BIN/helm4" version --short), $("$BIN/helm3" version --short), ct $(ct_version)"
 log "tests find the tools in $BIN (TOOLS_DIR=$TOOLS_DIR)"

@@ -93,8 +93,10 @@ def run(args: list[str], check: bool = False, cwd: Path = REPO) -> subprocess.Co
 
 
 def helm_template_args(helm: str, files: tuple[str, ...] = (), sets: tuple[str, ...] = (),
-                       release: str = RELEASE, namespace: str = NAMESPACE) -> list:
+                       release: str = RELEASE, namespace: str = NAMESPACE, api_versions: tuple[str, ...] = ()) -> list:
     args: list = [tool(helm), "template", release, CHART, "--namespace", namespace]
+    for api in api_versions:  # what .Capabilities.APIVersions.Has finds: a cluster with these CRDs installed
+        args += ["--api-versions", api]
     for f in files:
         args += ["--values", REPO / f]
     for s in sets:  # "json:key=value" sets a typed value: plain --set leaves 0.5 a string (the schema wants numbers)
@@ -152,8 +154,8 @@ def parse(text: str) -> tuple[dict, ...]:
 
 @functools.lru_cache(maxsize=None)
 def render(helm: str = "helm4", files: tuple[str, ...] = (), sets: tuple[str, ...] = (),
-           release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
-    result = run(helm_template_args(helm, files, sets, release, namespace))
+           release: str = RELEASE, namespace: str = NAMESPACE, api_versions: tuple[str, ...] = ()) -> Rendered:
+    result = run(helm_template_args(helm, files, sets, release, namespace, api_versions))
     if result.returncode != 0:
         pytest.fail(f"helm template ({helm}, {case_id(files)}, {sets}) failed:\n{result.stderr}", pytrace=False)
     return Rendered(result.stdout, parse(result.stdout))

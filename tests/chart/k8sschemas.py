@@ -17,6 +17,8 @@ import yaml
 
 from chartlib import shared_file
 
+# The Prometheus Operator release whose ServiceMonitor CRD scripts/install-chart-tools.sh fetches.
+PROMETHEUS_OPERATOR = "v0.85.0"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.29.0", kv.latest_version())
 
@@ -58,11 +60,14 @@ def _strict(schema):
 
 @functools.lru_cache(maxsize=None)
 def crd_schema(group: str, version: str, plural: str, release: str) -> dict:
-    """openAPIV3Schema of the served version `version` of a CRD from a Trainer or JobSet release."""
+    """openAPIV3Schema of the served version `version` of a CRD from a Trainer, JobSet or Prometheus Operator
+    release."""
     if group == "trainer.kubeflow.org":
         path = shared_file("trainer", release, f"trainer.kubeflow.org_{plural}.yaml")
     elif group == "jobset.x-k8s.io":
         path = shared_file("jobset", release, f"jobset.x-k8s.io_{plural}.yaml")
+    elif group == "monitoring.coreos.com":
+        path = shared_file("prometheus-operator", release, f"monitoring.coreos.com_{plural}.yaml")
     else:
         raise ValueError(group)
     crd = yaml.safe_load(path.read_text())

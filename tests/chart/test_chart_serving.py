@@ -5,11 +5,12 @@ Service, a budget and an autoscaler when asked for, and network policies that ad
 from __future__ import annotations
 
 import pytest
+import yaml
 from test_chart_networkpolicy import OUTSIDE, can_connect, pods_by_component
 from test_chart_security import restricted_violations
 
-from chartlib import case_id, containers, pod_specs, render, run, helm_template_args, values_cases
-from k8sschemas import K8S_VERSIONS, k8s_errors
+from chartlib import HELMS, case_id, containers, pod_specs, render, run, helm_template_args, values_cases
+from k8sschemas import K8S_VERSIONS, PROMETHEUS_OPERATOR, cel_errors, crd_errors, crd_schema, k8s_errors
 from salesfc import settings
 
 pytestmark = pytest.mark.chart
@@ -145,3 +146,57 @@ def test_helm_test_asks_the_service_for_a_forecast_through_its_service(files):
         if policies:  # namespaced-kaggle turns them off
             pods = pods_by_component(rendered)
             assert can_connect(policies, pods["test"], pods["serve"], port), f"{sets}: a policy blocks helm test"
+
+
+SERVICE_MONITOR_API = ("monitoring.coreos.com/v1/ServiceMonitor",)
+MONITORED = ON + ("serving.serviceMonitor.enabled=true",)
+PROMETHEUS = {"labels": {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}}
+
+
+@pytest.mark.parametrize("helm", HELMS)
+def test_service_monitor_only_when_asked_for_and_the_cluster_has_its_api(helm):
+    assert not render(helm, (), ON, api_versions=SERVICE_MONITOR_API).of_kind("ServiceMonitor")
+    assert not render(helm, (), ("serving.serviceMonitor.enabled=true",), api_versions=SERVICE_MONITOR_API
+                      ).of_kind("ServiceMonitor"), "a ServiceMonitor of a service that is not there"
+    rendered = render(helm, (), MONITORED + ("serving.serviceMonitor.labels.release=kube-prometheus-stack",
+                                              "serving.serviceMonitor.interval=15s"), api_versions=SERVICE_MONITOR_API)
+    monitor = rendered.one("ServiceMonitor", "serve")
+    service = rendered.one("Service", "serve")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "10s")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    errors = crd_errors(monitor, "servicemonitors", PROMETHEUS_OPERATOR)
+    failed, _ = cel_errors(monitor, crd_schema("monitoring.coreos.com", "v1", "servicemonitors", PROMETHEUS_OPERATOR))
+    assert not errors + failed, "\n".join(errors + failed)
+
+
+@pytest.mark.parametrize("helm", HELMS)
+def test_service_monitor_without_its_api_is_refused_saying_what_to_do(helm):
+    refused = run(helm_template_args(helm, (), MONITORED))
+    assert refused.returncode != 0
+    for words in ("serving.serviceMonitor.enabled is true", "no monitoring.coreos.com/v1 ServiceMonitor API",
+                  "install the Prometheus Operator", "set serving.serviceMonitor.enabled=false"):
+        assert words in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("value", ["30", "half a minute", "1.5s"])
+def test_service_monitor_durations_are_checked_by_the_schema(value, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"serving": {"serviceMonitor": {"interval": value}}}))
+    refused = run([*helm_template_args("helm4"), "--values", values])
+    assert refused.returncode != 0 and "serving/serviceMonitor/interval" in refused.stderr, refused.stderr
+
+
+def test_prometheus_may_scrape_only_while_the_service_monitor_is_on():
+    def policies_and_serve(sets):
+        rendered = render("helm4", (), sets, api_versions=SERVICE_MONITOR_API)
+        return rendered.of_kind("NetworkPolicy"), pods_by_component(rendered)["serve"]
+    port = 8000
+    policies, serve = policies_and_serve(MONITORED)
+    assert can_connect(policies, PROMETHEUS, serve, port)
+    assert not can_connect(policies, {"labels": {"app.kubernetes.io/name": "grafana"}}, serve, port)
+    assert not can_connect(policies, OUTSIDE, serve, port)
+    policies, serve = policies_and_serve(ON)
+    assert not can_connect(policies, PROMETHEUS, serve, port)
