@@ -93,3 +93,17 @@ def test_holiday_weeks_weigh_five_times(frame):
     holiday = frame["is_holiday"].to_numpy() > 0
     assert ratio[holiday].mean() == pytest.approx(5 * ratio[~holiday].mean(), rel=1e-5)
     assert batch.weight.mean() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_lookup_gives_what_a_dict_gives_row_by_row():
+    from salesfc.dataset import Lookup
+
+    rng = np.random.default_rng(3)
+    mapping = {int(k): float(v) for k, v in zip(rng.choice(200, 40, replace=False), rng.normal(size=40))}
+    wanted = rng.integers(-5, 210, 1000)
+    assert np.array_equal(Lookup(mapping)(wanted, np.nan), [mapping.get(int(w), np.nan) for w in wanted],
+                          equal_nan=True)
+    codes = {"C": 1, "A": 2, "B": 3}
+    letters = np.array(["A", "B", "C", "nan", "AB", ""], dtype=object)
+    assert Lookup(codes)(letters, 0).tolist() == [2, 3, 1, 0, 0, 0]
+    assert Lookup({})(np.array([1, 2]), 0).tolist() == [0, 0]

@@ -83,12 +83,13 @@ def online_rows(store: feature_store.Store, keys: np.ndarray) -> tuple[pd.DataFr
     """The online features of ``keys`` and, per row, the week they describe (epoch seconds; the older of the two
     views', 0 where the store has no row). A row whose week is not the forecast week is stale: the online store
     was not materialized after the last prep, and the model must not see it."""
-    online = pd.DataFrame(feature_store.online_features(store, keys, timestamps=True))
-    feature_week = np.minimum.reduce([online[f"{feature}__ts"].fillna(0).to_numpy(dtype=np.int64)
+    columns = feature_store.online_features(store, keys, timestamps=True)
+    feature_week = np.minimum.reduce([pd.Series(columns[f"{feature}__ts"]).fillna(0).to_numpy(dtype=np.int64)
                                       for feature in FRESHNESS_FEATURES])
-    online = online[[c for c in online.columns if not c.endswith("__ts")]]
-    online["dept"] = split_store_dept(keys)[1]
-    return online, feature_week
+    # One frame of the features alone, built once: a frame of every column, then a copy without the timestamps and
+    # a column added, cost 3 ms of a served forecast's 10.
+    features = {name: values for name, values in columns.items() if not name.endswith("__ts")}
+    return pd.DataFrame({**features, "dept": split_store_dept(keys)[1]}), feature_week
 
 
 def stale_message(week: str, count: int) -> str:
