@@ -220,7 +220,8 @@ def test_backtest_on_kaggle_shaped_files(tmp_path, run_salesfc):
     synthetic.to_kaggle_csvs(synthetic.generate("tiny", seed=2), csvs)
     workdir = tmp_path / "work"
     run_salesfc("prep", "--source", "kaggle", "--kaggle-dir", str(csvs), "--workdir", str(workdir))
-    result = run_salesfc("backtest", "--workdir", str(workdir), "--run-id", "bt", "--epochs", "3")
+    result = run_salesfc("backtest", "--workdir", str(workdir), "--run-id", "bt", "--epochs", "3",
+                         "--quantiles", "0.1,0.9")
     out = workdir / "backtests" / "bt"
     summary = json.loads((out / "backtest.json").read_text())
     assert [f["from"] for f in summary["folds"]] == ["2011-11-04", "2012-02-03", "2012-05-04", "2012-08-03"]
@@ -235,6 +236,13 @@ def test_backtest_on_kaggle_shaped_files(tmp_path, run_salesfc):
     for path in ("backtest.md", "backtest.png", "predictions.parquet"):
         assert (out / path).is_file()
     assert "mean WMAE over folds: model $" in result.stdout and "tree peer $" in result.stdout
+    # The model's P10-P90 band, scored per fold: coverage in all and in holiday weeks, pinball loss per quantile.
+    band = summary["folds"][0]["model_quantiles"]
+    assert band["band"] == "p10-p90" and 0 <= band["coverage"] <= 1 and band["coverage_holiday"] is not None
+    assert set(band["pinball"]) == {"p10", "p50", "p90"}
+    assert "fold 1: p10-p90 band holds" in result.stdout
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert (predictions["model_p10"] <= predictions["model_p90"]).all()
     # The tree peer is fitted once per data version: a second backtest reads its forecasts from the cache.
     again = run_salesfc("backtest", "--workdir", str(workdir), "--run-id", "bt2", "--epochs", "3")
     assert again.stderr.count("tree peer: cached forecasts") == 4

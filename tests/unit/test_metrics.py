@@ -34,3 +34,18 @@ def test_sums_add_across_parts():
 def test_empty_input_gives_no_numbers():
     m = metrics.evaluate(np.array([]), np.array([]), np.array([]))
     assert m["n_rows"] == 0 and m["wmae"] is None
+
+
+def test_intervals_by_hand():
+    actual = np.array([10.0, 20.0, 30.0, 40.0])
+    holiday = np.array([False, False, True, False])
+    bands = {0.1: np.array([5.0, 25.0, 20.0, 35.0]), 0.5: np.array([10.0, 30.0, 30.0, 40.0]),
+             0.9: np.array([15.0, 35.0, 25.0, 45.0])}
+    result = metrics.intervals(actual, bands, holiday)
+    # Inside p10..p90: rows 0 and 3; row 1 below, row 2 (the holiday) above.
+    assert result["band"] == "p10-p90" and result["nominal"] == 0.8
+    assert result["coverage"] == 0.5 and result["coverage_holiday"] == 0.0 and result["coverage_other"] == 2 / 3
+    # p90 pinball: errors (actual - forecast) -5, -15, +5 (holiday, x5), -5 -> 0.1x5 + 0.1x15 + 0.9x5x5 + 0.1x5
+    assert result["pinball"]["p90"] == pytest.approx((0.5 + 1.5 + 22.5 + 0.5) / 8)
+    assert result["pinball"]["p50"] == pytest.approx(0.5 * (0 + 10 + 0 + 0) / 8)
+    assert metrics.quantile_name(0.975) == "p97.5" and metrics.quantile_of("p97.5") == pytest.approx(0.975)

@@ -56,3 +56,43 @@ def test_pooled_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_in_eval():
     assert torch.equal(x.grad, y.detach())
     layer.eval()
     assert torch.equal(layer(x), x)
+
+
+def test_quantile_forecasts_never_cross_and_the_median_is_the_point_forecast(tmp_path):
+    config = model_lib.model_config(6, [5, 7], 3, [16], 0.0, members=3, quantiles=(0.1, 0.5, 0.9))
+    network = model_lib.build(config).eval()
+    numeric, categories = torch.randn(200, 6) * 5, torch.randint(0, 5, (200, 2))
+    with torch.no_grad():
+        for layer in network.modules():  # large random weights: wild raw outputs the ordering must still hold
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0, 3)
+        bands = network(numeric, categories, quantiles=True)
+        members = network(numeric, categories, quantiles=True, per_member=True)
+    assert bands.shape == (200, 3) and members.shape == (3, 200, 3)
+    assert (bands[:, 0] <= bands[:, 1]).all() and (bands[:, 1] <= bands[:, 2]).all()
+    assert (members[..., :-1] <= members[..., 1:]).all()
+    torch.testing.assert_close(network(numeric, categories), bands[:, 1])
+    # The saved model rebuilds with its quantiles.
+    path = tmp_path / "model.pt"
+    model_lib.save(path, {"MODEL_STATE": network.state_dict(), "MODEL_CONFIG": config})
+    loaded, _ = model_lib.load(path)
+    assert loaded.quantiles == (0.1, 0.5, 0.9)
+    torch.testing.assert_close(loaded(numeric, categories, quantiles=True), bands)
+
+
+def test_ordered_quantiles_keeps_the_median_output_and_stacks_gaps_outwards():
+    raw = torch.tensor([[0.0, 0.0, 2.0, 0.0, 0.0]])
+    gap = torch.nn.functional.softplus(torch.tensor(0.0))
+    expected = torch.tensor([[2 - 2 * gap, 2 - gap, 2.0, 2 + gap, 2 + 2 * gap]])
+    torch.testing.assert_close(model_lib.ordered_quantiles(raw, 2), expected)
+
+
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
+def test_the_training_loss_of_a_quantile_is_lowest_at_that_quantile(q):
+    from salesfc.train import quantile_loss
+
+    target = torch.distributions.LogNormal(0.0, 0.5).sample((4000,), ).double()
+    candidates = torch.linspace(0.2, 3.0, 561, dtype=torch.float64)
+    losses = torch.stack([quantile_loss(torch.full_like(target, c), target, q).mean() for c in candidates])
+    best = float(candidates[losses.argmin()])
+    assert best == pytest.approx(float(torch.quantile(target, q)), abs=0.02)

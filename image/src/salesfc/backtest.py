@@ -97,7 +97,7 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     tick = time.perf_counter()
     peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
                                cache=config.workspace.baselines, data=data, split=split.to_json())
-    _, table = score(rows, {"model": forecaster.predict(rows)}, known[part == 0], peer, has_signal)
+    _, table = score(rows, forecaster.predict_quantiles(rows), known[part == 0], peer, has_signal)
     log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",
              f"{fold.last_week:%Y-%m-%d}", model_seconds, time.perf_counter() - tick,
              " (cached)" if peer["cached"] else "")
@@ -115,6 +115,9 @@ def summarize(table: pd.DataFrame, folds: list[Fold]) -> dict:
         return {name: metrics.evaluate(part["actual"], part[f"forecast_{name}"], part["is_holiday"])
                 for name in names}
 
+    # The model's other quantiles (model_p10, model_p90, ... when trained with --quantiles) beside its median.
+    band_columns = {metrics.quantile_of(c.removeprefix("model_")): c for c in table.columns
+                    if c.startswith("model_p")}
     result_folds = []
     for fold in folds:
         part = table[table["cutoff"] == fold.cutoff]
@@ -126,6 +129,9 @@ def summarize(table: pd.DataFrame, folds: list[Fold]) -> dict:
             "all_weeks": measure(part), "holiday_weeks": measure(part[holiday]) if holiday.any() else None,
             "other_weeks": measure(part[~holiday]),
         })
+        if band_columns:
+            bands = {0.5: part["forecast_model"], **{q: part[c] for q, c in band_columns.items()}}
+            result_folds[-1]["model_quantiles"] = metrics.intervals(part["actual"], bands, part["is_holiday"])
     mean = {name: {key: statistics.fmean(f["all_weeks"][name][key] for f in result_folds)
                    for key in ("wmae", "mae", "rmse", "mape", "r2")} for name in names}
     return {"folds": result_folds, "mean": mean, "forecasters": names}
@@ -149,8 +155,15 @@ def text_table(summary: dict) -> list[str]:
 
 
 def holiday_lines(summary: dict) -> list[str]:
-    """Holiday weeks against the rest, model and tree peer, fold by fold."""
+    """Holiday weeks against the rest, model and tree peer, fold by fold; the model's band, if it has one."""
     lines = []
+    for f in summary["folds"]:
+        band = f.get("model_quantiles")
+        if band:
+            holiday = "" if band["coverage_holiday"] is None else f", holiday weeks {band['coverage_holiday']:.1%}"
+            lines.append(f"fold {f['fold']}: {band['band']} band holds {band['coverage']:.1%} of actuals (nominal "
+                         f"{band['nominal']:.0%}{holiday}); pinball loss " + ", ".join(
+                             f"{name} ${value:,.0f}" for name, value in band["pinball"].items()))
     for f in summary["folds"]:
         if not f["holiday_weeks"]:
             continue

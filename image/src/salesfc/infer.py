@@ -61,11 +61,22 @@ class Forecaster:
         self.preprocessor = Preprocessor(self.params)
         self.split = Split.from_json(self.params["split"])
 
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        return self.network.quantiles
+
     @torch.no_grad()
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_quantiles(self, frame: pd.DataFrame) -> dict[float, np.ndarray]:
+        """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles)."""
         batch = self.preprocessor.transform(frame)
-        ratio = self.network(torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)).numpy()
-        return self.preprocessor.floor(frame, ratio.astype(np.float64) * batch.scale)
+        ratio = self.network(torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories),
+                             quantiles=True).numpy().astype(np.float64)
+        # The floor is monotonic, so floored quantiles stay in order.
+        return {q: self.preprocessor.floor(frame, ratio[:, i] * batch.scale) for i, q in enumerate(self.quantiles)}
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """The point forecast: the median."""
+        return self.predict_quantiles(frame)[0.5]
 
 
 def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> None:
@@ -104,10 +115,12 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
     stale = feature_week != int(week.timestamp())
     if stale.any():
         raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
-    prediction = forecaster.predict(online)
+    bands = forecaster.predict_quantiles(online)
     store_ids, depts = split_store_dept(keys)
     return pd.DataFrame({"store": store_ids, "dept": depts, "week": utc_weeks([week] * len(keys)),
-                         "predicted_sales": prediction.round(2)})
+                         "predicted_sales": bands[0.5].round(2),
+                         **{f"predicted_sales_{metrics.quantile_name(q)}": values.round(2)
+                            for q, values in bands.items() if q != 0.5}})
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace
@@ -116,7 +129,7 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     test = feature_store.historical_features(store, since=split.test_start)
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
-    forecasts = {"model": forecaster.predict(test)}
+    bands = forecaster.predict_quantiles(test)
     peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"]}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
     # features of the training weeks are read only for the one run that fits the peer.
@@ -127,21 +140,22 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
         peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
     labels = feature_store.read_labels(store)
     train = labels[split.part(labels[TIMESTAMP]) == 0]
-    result, holdout = score(test, forecasts, train, peer, has_signal)
+    result, holdout = score(test, bands, train, peer, has_signal)
     result["test_weeks"] = {"from": f"{forecaster.split.test_start:%Y-%m-%d}",
                             "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
                             "holidays": holiday_weeks(test[TIMESTAMP])}
     return result, holdout
 
 
-def score(rows: pd.DataFrame, forecasts: dict, train: pd.DataFrame, peer: dict, has_signal: bool
+def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_signal: bool
           ) -> tuple[dict, pd.DataFrame]:
-    """Every forecaster on ``rows``: the given forecasts (the model's), the naive baselines and the tree peer.
-    Returns the metrics and one frame of (series, week, actual, forecast_<name>...) rows."""
+    """Every forecaster on ``rows``: the model (its quantile forecasts ``bands``, the median its point forecast), the
+    naive baselines and the tree peer. Returns the metrics and one frame of (series, week, actual,
+    forecast_<name>..., model_p<q>...) rows."""
     actual = rows["weekly_sales"].to_numpy(dtype=float)
     holiday = rows["is_holiday"].to_numpy()
     naive, fallbacks = baselines.naive_forecasts(train, rows)
-    forecasts = {**forecasts, **naive, baselines.PEER: peer["forecast"]}
+    forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer["forecast"]}
     scores = {name: metrics.evaluate(actual, forecast, holiday) for name, forecast in forecasts.items()}
     for name, count in fallbacks.items():
         scores[name]["fallback_rows"] = count
@@ -151,9 +165,13 @@ def score(rows: pd.DataFrame, forecasts: dict, train: pd.DataFrame, peer: dict, 
     if has_signal and rows["expected_sales"].notna().all():
         noise_floor = metrics.evaluate(actual, rows["expected_sales"].to_numpy(dtype=float), holiday)
     result = {"model": scores.pop("model"), "baselines": scores, "noise_floor": noise_floor}
+    if len(bands) > 1:
+        result["model"]["quantiles"] = metrics.intervals(actual, bands, holiday)
     holdout = pd.DataFrame({"store": rows["store"].to_numpy(), "dept": rows["dept"].to_numpy(),
                             "week": rows[TIMESTAMP].to_numpy(), "actual": actual, "is_holiday": holiday,
-                            **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()}})
+                            **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()},
+                            **{f"model_{metrics.quantile_name(q)}": np.round(values, 2)
+                               for q, values in bands.items() if q != 0.5}})
     if noise_floor is not None:
         holdout["expected_sales"] = rows["expected_sales"].to_numpy(dtype=float)
     return result, holdout
@@ -231,6 +249,10 @@ def run(config) -> int:
           "them)")
     for line in comparison_table(result):
         print("  " + line)
+    band = result["model"].get("quantiles")
+    if band:
+        print(f"infer: the model's {band['band']} band holds {band['coverage']:.1%} of the held-out actuals (nominal "
+              f"{band['nominal']:.0%})")
     print(f"infer: forecast for {manifest['next_week']}: {len(forecast):,} series, total "
           f"${forecast['predicted_sales'].sum():,.0f}")
     print(f"infer: wrote {shown(out)}/ (predictions.parquet, metrics.json, report.md)")

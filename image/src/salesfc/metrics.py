@@ -53,3 +53,36 @@ def finish(total: np.ndarray) -> dict:
 
 def evaluate(actual, predicted, holiday) -> dict:
     return finish(sums(actual, predicted, holiday))
+
+
+def quantile_name(q: float) -> str:
+    """0.1 -> 'p10', 0.975 -> 'p97.5': how a quantile names its columns and metrics."""
+    return f"p{q * 100:g}"
+
+
+def quantile_of(name: str) -> float:
+    return float(name.removeprefix("p")) / 100
+
+
+def intervals(actual, bands: dict, holiday) -> dict:
+    """How honest a set of quantile forecasts ({q: dollars}) is: the share of actuals between the lowest and the
+    highest quantile (the band's nominal share is their difference), in all, holiday and other weeks; and the
+    pinball loss of each quantile in dollars, holiday weeks weighted like WMAE (for the median it is half the
+    WMAE)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    holiday = np.asarray(holiday) > 0
+    levels = sorted(bands)
+    low, high = np.asarray(bands[levels[0]], dtype=np.float64), np.asarray(bands[levels[-1]], dtype=np.float64)
+    inside = (actual >= low) & (actual <= high)
+    weight = np.where(holiday, HOLIDAY_WEIGHT, 1.0)
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(inside[mask].mean()) if mask.any() else None
+
+    pinball = {}
+    for q in levels:
+        error = actual - np.asarray(bands[q], dtype=np.float64)
+        pinball[quantile_name(q)] = float((weight * np.maximum(q * error, (q - 1) * error)).sum() / weight.sum())
+    return {"band": f"{quantile_name(levels[0])}-{quantile_name(levels[-1])}",
+            "nominal": round(levels[-1] - levels[0], 6), "coverage": share(np.ones_like(holiday)),
+            "coverage_holiday": share(holiday), "coverage_other": share(~holiday), "pinball": pinball}

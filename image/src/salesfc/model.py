@@ -61,10 +61,23 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def ordered_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
+    """(..., Q) outputs -> (..., Q) quantile forecasts that never cross.
+
+    Output ``median`` is the median itself; every other output is the softplus gap to its neighbour towards the
+    median, so each quantile lies below (above) the next one up (down) whatever the weights."""
+    center = raw[..., median:median + 1]
+    gaps = nn.functional.softplus(raw)
+    below = center - gaps[..., :median].flip(-1).cumsum(-1).flip(-1)
+    above = center + gaps[..., median + 1:].cumsum(-1)
+    return torch.cat([below, center, above], dim=-1)
+
+
 class Member(nn.Module):
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
-                 dropout: float):
+                 dropout: float, outputs: int = 1, median: int = 0):
         super().__init__()
+        self.median = median
         # One table for all categories (each one's codes shifted by an offset): one lookup and one backward pass
         # per step instead of one per category, which matters on CPU where each is a separate kernel.
         self.embedding = nn.Embedding(sum(cardinalities), embed_dim)
@@ -77,41 +90,49 @@ class Member(nn.Module):
             if dropout:
                 layers.append(Dropout(dropout))
             width = size
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, outputs))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """(batch, outputs): the quantiles in increasing order (one output: the median alone)."""
         embedded = self.embedding(categories + self.offsets).flatten(1)
-        return self.mlp(torch.cat([numeric, embedded], dim=1)).squeeze(1)
+        raw = self.mlp(torch.cat([numeric, embedded], dim=1))
+        return raw if raw.shape[1] == 1 else ordered_quantiles(raw, self.median)
 
 
 class SalesMLP(nn.Module):
-    """The ensemble: ``forward`` returns the members' mean, or with ``per_member`` each member's forecast (rows of a
-    (members, batch) tensor), which is what training fits, one loss per member."""
+    """The ensemble: ``forward`` returns the members' mean median forecast (batch,); with ``quantiles`` every quantile
+    (batch, Q); with ``per_member`` each member's, stacked first ((members, batch) or (members, batch, Q)), which is
+    what training fits, one loss per member. Averaging members keeps quantiles in order: each member's are."""
 
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
-                 dropout: float, members: int = 1):
+                 dropout: float, members: int = 1, quantiles: tuple[float, ...] = (0.5,)):
         super().__init__()
-        self.members = nn.ModuleList(Member(n_numeric, cardinalities, embed_dim, hidden, dropout)
-                                     for _ in range(members))
+        self.quantiles = tuple(quantiles)
+        self.median = self.quantiles.index(0.5)
+        self.members = nn.ModuleList(Member(n_numeric, cardinalities, embed_dim, hidden, dropout,
+                                            len(self.quantiles), self.median) for _ in range(members))
 
-    def forward(self, numeric: torch.Tensor, categories: torch.Tensor, per_member: bool = False) -> torch.Tensor:
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor, per_member: bool = False,
+                quantiles: bool = False) -> torch.Tensor:
         outputs = torch.stack([member(numeric, categories) for member in self.members])
+        if not quantiles:
+            outputs = outputs[..., self.median]
         return outputs if per_member else outputs.mean(0)
 
 
 def model_config(n_numeric: int, cardinalities: list[int], embed_dim: int, hidden, dropout: float,
-                 members: int = 1) -> dict:
+                 members: int = 1, quantiles=(0.5,)) -> dict:
     return {"model_type": "mlp", "n_numeric": int(n_numeric), "cardinalities": [int(c) for c in cardinalities],
             "embed_dim": int(embed_dim), "hidden": [int(h) for h in hidden], "dropout": float(dropout),
-            "members": int(members)}
+            "members": int(members), "quantiles": [float(q) for q in quantiles]}
 
 
 def build(config: dict) -> SalesMLP:
     if config.get("model_type") != "mlp":
         raise ValueError(f"unknown model_type {config.get('model_type')!r}")
     return SalesMLP(config["n_numeric"], config["cardinalities"], config["embed_dim"], config["hidden"],
-                    config["dropout"], config.get("members", 1))
+                    config["dropout"], config.get("members", 1), tuple(config.get("quantiles", (0.5,))))
 
 
 def flops_per_sample(config: dict) -> int:
@@ -119,7 +140,7 @@ def flops_per_sample(config: dict) -> int:
     every member."""
     width = config["n_numeric"] + config["embed_dim"] * len(config["cardinalities"])
     macs = 0
-    for size in [*config["hidden"], 1]:
+    for size in [*config["hidden"], len(config.get("quantiles", (0.5,)))]:
         macs += width * size
         width = size
     return 6 * macs * config.get("members", 1)

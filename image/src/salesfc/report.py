@@ -75,6 +75,13 @@ def plot_series(holdout: pd.DataFrame, forecast: pd.DataFrame, count: int, path:
         series = holdout[(holdout["store"] == store) & (holdout["dept"] == dept)].sort_values("week")
         weeks = series["week"].dt.tz_localize(None)
         ax.plot(weeks, series["actual"], color=COLORS["actual"], lw=2, label="actual")
+        # With --quantiles: the model's band, from its lowest quantile to its highest.
+        bands = sorted((c for c in series.columns if c.startswith("model_p")),
+                       key=lambda c: float(c.removeprefix("model_p")))
+        if bands:
+            low, high = bands[0], bands[-1]
+            ax.fill_between(weeks, series[low], series[high], color=COLORS["model"], alpha=0.15, lw=0,
+                            label=f"model: {low.removeprefix('model_').upper()} to {high.removeprefix('model_').upper()}")
         for name in dict.fromkeys(("model", "gradient_boosted_trees", naive)):
             ax.plot(weeks, series[f"forecast_{name}"], color=COLORS[name], lw=1.2,
                     label=label(name) + (" (best naive baseline)" if name == naive else ""))

@@ -39,6 +39,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def quantile_list(text: str) -> tuple[float, ...]:
+    try:
+        values = {float(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise ValueError("must be comma-separated numbers between 0 and 1, e.g. 0.1,0.5,0.9") from None
+    if any(not 0 < value < 1 for value in values):
+        raise ValueError("must be numbers strictly between 0 and 1, e.g. 0.1,0.5,0.9")
+    return tuple(sorted(values | {0.5}))
+
+
 def store_count(text: str) -> int:
     from salesfc.data.synthetic import MAX_STORES
 
@@ -205,6 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("weight_decay", "AdamW weight decay (L2 pull of the weights towards 0).", 1e-4, non_negative_float,
             commands=TRAIN),
     Setting("hidden", "MLP hidden layer sizes.", (256, 128, 64), layer_sizes, commands=TRAIN),
+    Setting("quantiles", "Quantiles the network forecasts, e.g. 0.1,0.5,0.9 for P10/P50/P90 bands (pinball loss, "
+            "never crossing); the median 0.5 is always one of them and is the point forecast.", (0.5,),
+            quantile_list, commands=TRAIN),
     Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
     Setting("embed_dim", "Size of the store and department embeddings.", 8, positive_int, commands=TRAIN),
     Setting("members", "Networks in the ensemble: trained side by side on the same batches from their own initial "

@@ -49,6 +49,16 @@ LOSS_SUMS = 2       # weighted loss, weight
 DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout masks from seed + r x this
 
 
+def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row loss of the q-th quantile forecast: Huber for the median (smooth near 0, absolute error beyond), the
+    pinball loss otherwise (q x the shortfall, 1 - q x the excess)."""
+    target = target.expand_as(prediction)
+    if q == 0.5:
+        return torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=HUBER_DELTA)
+    error = target - prediction
+    return torch.maximum(q * error, (q - 1) * error)
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
 
@@ -125,11 +135,14 @@ class Trainer:
         self.history: list[dict] = []
 
     # -- loss ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Weighted Huber loss; a (members, batch) prediction gives the mean of the members' losses."""
-        error = torch.nn.functional.huber_loss(prediction.float(), target.expand_as(prediction), reduction="none",
-                                               delta=HUBER_DELTA)
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Weighted loss of a (members, batch) median forecast, or of (members, batch, Q) quantiles: Huber for the
+        median, the pinball loss for each other quantile (what makes an output the q-th quantile); the mean over
+        members."""
+        prediction = prediction.float()
+        if prediction.dim() == 2:
+            return (quantile_loss(prediction, target, 0.5) * weight).mean()
+        error = sum(quantile_loss(prediction[..., i], target, q) for i, q in enumerate(self.raw_network.quantiles))
         return (error * weight).mean()
 
     def autocast(self):
@@ -154,7 +167,8 @@ class Trainer:
             batch = {name: values[step * self.per_rank_batch:(step + 1) * self.per_rank_batch]
                      for name, values in shuffled.items()}
             with self.autocast():
-                prediction = self.network(batch["numeric"], batch["categories"], per_member=True)
+                prediction = self.network(batch["numeric"], batch["categories"], per_member=True,
+                                          quantiles=len(self.raw_network.quantiles) > 1)
             loss = self.loss(prediction, batch["target"], batch["weight"])
             self.optimizer.zero_grad(set_to_none=True)
             # x members: each member gets the gradient it would get trained alone, and is clipped alone.
@@ -196,8 +210,7 @@ class Trainer:
             end = min(hi, start + 65_536)
             with self.autocast():
                 prediction = self.average(a["val_numeric"][start:end], a["val_categories"][start:end]).float()
-            error = torch.nn.functional.huber_loss(prediction, a["val_target"][start:end], reduction="none",
-                                                   delta=HUBER_DELTA)
+            error = quantile_loss(prediction, a["val_target"][start:end], 0.5)
             loss_sum[0] += (error * a["val_weight"][start:end]).sum().double()
             loss_sum[1] += end - start
             dollars = prediction.double() * a["val_scale"][start:end]
@@ -398,7 +411,8 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
     if context.is_main:
         arrays, info, preprocessor, split = prepared
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
-                                              config.embed_dim, config.hidden, config.dropout, config.members)
+                                              config.embed_dim, config.hidden, config.dropout, config.members,
+                                              config.quantiles)
         meta = {"model_config": model_config, "split": split.to_json(), "info": info,
                 "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size}}
         write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
