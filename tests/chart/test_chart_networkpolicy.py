@@ -10,6 +10,9 @@ from chartlib import case_id, pod_specs, render, values_cases
 pytestmark = pytest.mark.chart
 
 OUTSIDE = {"labels": {}, "namespace": "elsewhere"}  # a pod or address outside the release
+# The Trainer's controller pod, in the namespace a Kubeflow install puts it in.
+CONTROLLER = {"labels": {"app.kubernetes.io/name": "trainer"}, "namespace": "kubeflow-system",
+              "namespace_labels": {"kubernetes.io/metadata.name": "kubeflow-system"}}
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -34,7 +37,9 @@ def peer_matches(peer: dict, other: dict) -> bool:
     if "namespaceSelector" not in peer and other is OUTSIDE:
         return False  # a bare podSelector means this namespace only
     if peer.get("namespaceSelector", {}) != {}:
-        return False  # labelled namespaces are not modelled: count as no match
+        # Only pods that say which namespace labels they have (the controller) can match a labelled namespace.
+        if not selects(peer["namespaceSelector"], other.get("namespace_labels", {})):
+            return False
     return selects(peer.get("podSelector") or {}, other["labels"])
 
 
@@ -109,6 +114,11 @@ def test_network_policies(files):
         for b in clients:
             if not (a == b == "trainer"):
                 expect(a, b, 29500, False)
+    # Progress to the Trainer's status server: the trainer pods, on its port, and nothing else.
+    expect("trainer", CONTROLLER, 10443, True)
+    expect("trainer", CONTROLLER, 8443, False)
+    for client in ("prep", "infer", "test"):
+        expect(client, CONTROLLER, 10443, False)
     if not external:
         expect(OUTSIDE, "postgresql", 5432, False)
         expect("postgresql", OUTSIDE, 443, False)
@@ -138,3 +148,18 @@ def test_evaluator_denies_when_a_policy_is_missing():
 
 def test_policies_can_be_turned_off():
     assert not render("helm4", (), ("networkPolicy.enabled=false",)).of_kind("NetworkPolicy")
+
+
+def test_progress_egress_follows_its_value(tmp_path):
+    pods = pods_by_component(render("helm4"))
+    openshift_ai = tmp_path / "rhoai.yaml"
+    openshift_ai.write_text("networkPolicy:\n  trainerStatusServer:\n    to:\n      - namespaceSelector:\n"
+                            "          matchLabels: {kubernetes.io/metadata.name: redhat-ods-applications}\n")
+    moved = {**CONTROLLER, "namespace_labels": {"kubernetes.io/metadata.name": "redhat-ods-applications"}}
+    policies = render("helm4", (str(openshift_ai),)).of_kind("NetworkPolicy")
+    assert can_connect(policies, pods["trainer"], moved, 10443)
+    assert not can_connect(policies, pods["trainer"], CONTROLLER, 10443)
+    silent = tmp_path / "none.yaml"
+    silent.write_text("networkPolicy:\n  trainerStatusServer:\n    to: []\n")
+    policies = render("helm4", (str(silent),)).of_kind("NetworkPolicy")
+    assert not can_connect(policies, pods["trainer"], CONTROLLER, 10443)
