@@ -345,3 +345,29 @@ def test_postgres_outage_gives_503_then_recovers_without_a_restart(pg, tmp_path,
         assert "does not answer" in service.output() or "does not open" in service.output()
     finally:
         service.stop()
+
+
+def test_a_quantile_model_answers_its_band(workspace, run_salesfc):
+    run_salesfc("train", "--workdir", str(workspace), "--run-id", "serve-q", "--epochs", "2", "--members", "1",
+                 "--quantiles", "0.1,0.9")
+    write_atomically(workspace / "models" / "LATEST", f"{RUN}\n")  # the module's server stays on its run
+    from salesfc import feature_store, infer, settings
+
+    config = settings.Config.defaults("infer", workdir=str(workspace))
+    batch = infer.next_week(feature_store.open_store(config, wait=False),
+                            infer.Forecaster(config.workspace.run_dir("serve-q")), manifest(workspace))
+    server = Server(workspace, "--run-id", "serve-q")
+    try:
+        server.ready()
+        pairs = list(zip(batch["store"].head(10), batch["dept"].head(10)))
+        status, body, _ = server.post({"rows": [{"store": int(s), "dept": int(d)} for s, d in pairs]})
+    finally:
+        server.stop()
+    assert status == 200 and body["run_id"] == "serve-q", body
+    for row, (_, expected) in zip(body["forecasts"], batch.head(10).iterrows()):
+        band = row["quantiles"]
+        assert set(band) == {"p10", "p50", "p90"} and band["p10"] <= band["p50"] <= band["p90"]
+        assert band["p50"] == row["predicted_sales"]
+        # float32 arithmetic over other batch sizes: a few cents apart on the largest series
+        assert band["p10"] == pytest.approx(expected["predicted_sales_p10"], rel=1e-6, abs=0.011)
+        assert band["p90"] == pytest.approx(expected["predicted_sales_p90"], rel=1e-6, abs=0.011)

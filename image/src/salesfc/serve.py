@@ -36,6 +36,7 @@ import pandas as pd
 
 from salesfc import feature_store, infer, settings
 from salesfc.errors import UserError
+from salesfc.metrics import quantile_name
 from salesfc.tables import DEPT_BASE, store_dept
 from salesfc.workspace import read_json
 
@@ -243,7 +244,7 @@ class Service:
         known = np.fromiter((int(key) in loaded.known for key in keys), dtype=bool, count=len(keys))
         week_text = f"{loaded.week:%Y-%m-%d}"
         results: list[dict] = [{"store": s, "dept": d, "week": loaded.week.date(), "predicted_sales": None,
-                                "feature_timestamp": None, "error": None} for s, d in pairs]
+                                "quantiles": None, "feature_timestamp": None, "error": None} for s, d in pairs]
         for i in np.flatnonzero(~known):
             results[i]["error"] = {"code": "unknown_series", "message": (
                 f"store {pairs[i][0]} department {pairs[i][1]} is not one of the {len(loaded.known):,} store "
@@ -266,11 +267,14 @@ class Service:
             if fresh.any():
                 tick = time.perf_counter()
                 # Stale rows are the exception: copying the frame without them costs a millisecond a request.
-                prediction = loaded.forecaster.predict(online if fresh.all() else
-                                                       online[fresh].reset_index(drop=True))
+                bands = loaded.forecaster.predict_quantiles(online if fresh.all() else
+                                                            online[fresh].reset_index(drop=True))
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
-                for i, value in zip(asked[fresh], prediction):
-                    results[i]["predicted_sales"] = round(float(value), 2)
+                for row, i in enumerate(asked[fresh]):
+                    results[i]["predicted_sales"] = round(float(bands[0.5][row]), 2)
+                    if len(bands) > 1:
+                        results[i]["quantiles"] = {quantile_name(q): round(float(values[row]), 2)
+                                                   for q, values in bands.items()}
                 self.metrics.feature_age.set(time.time() - float(feature_week[fresh].max()))
         outcomes = {"ok": 0, "unknown_series": 0, "stale_features": 0}
         for row in results:
@@ -394,6 +398,9 @@ def create_app(config):
         dept: int
         week: date = Field(description="The week forecast (its first day, as in the data).")
         predicted_sales: float | None = Field(description="Forecast weekly sales in dollars; null with an error.")
+        quantiles: dict[str, float] | None = Field(
+            default=None, description="Every quantile the model forecasts, in dollars ('p10', 'p50', 'p90'), when it "
+            "was trained with --quantiles; predicted_sales is p50.")
         feature_timestamp: datetime | None = Field(description="The week of the online features used (UTC).")
         error: RowError | None = Field(description="Why this row has no forecast.")
 
