@@ -50,13 +50,15 @@ DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout masks from seed + r 
 
 
 def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row loss of the q-th quantile forecast: Huber for the median (smooth near 0, absolute error beyond), the
-    pinball loss otherwise (q x the shortfall, 1 - q x the excess)."""
+    """Per-row loss of the q-th quantile forecast: the pinball loss (q x the shortfall, 1 - q x the excess) made
+    smooth near 0 the way Huber makes absolute error smooth, with the same delta; at q = 0.5 it is the Huber loss
+    the median has always had. Same scale for every quantile: plain pinball terms are 1/delta times larger than
+    Huber's, and their gradients would drown the median's in the network the quantiles share."""
     target = target.expand_as(prediction)
+    huber = torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=HUBER_DELTA)
     if q == 0.5:
-        return torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=HUBER_DELTA)
-    error = target - prediction
-    return torch.maximum(q * error, (q - 1) * error)
+        return huber
+    return 2 * torch.where(target >= prediction, q, 1 - q) * huber
 
 
 def new_run_id() -> str:
@@ -136,9 +138,8 @@ class Trainer:
 
     # -- loss ------------------------------------------------------------------------------------------------
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Weighted loss of a (members, batch) median forecast, or of (members, batch, Q) quantiles: Huber for the
-        median, the pinball loss for each other quantile (what makes an output the q-th quantile); the mean over
-        members."""
+        """Weighted loss of a (members, batch) median forecast, or of (members, batch, Q) quantiles (quantile_loss
+        of each, summed); the mean over members."""
         prediction = prediction.float()
         if prediction.dim() == 2:
             return (quantile_loss(prediction, target, 0.5) * weight).mean()
