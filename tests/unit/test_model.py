@@ -81,10 +81,10 @@ def test_quantile_forecasts_never_cross_and_the_median_is_the_point_forecast(tmp
 
 
 def test_ordered_quantiles_keeps_the_median_output_and_stacks_gaps_outwards():
-    raw = torch.tensor([[0.0, 0.0, 2.0, 0.0, 0.0]])
+    center, raw = torch.tensor([[2.0]]), torch.zeros(1, 4)
     gap = torch.nn.functional.softplus(torch.tensor(0.0))
     expected = torch.tensor([[2 - 2 * gap, 2 - gap, 2.0, 2 + gap, 2 + 2 * gap]])
-    torch.testing.assert_close(model_lib.ordered_quantiles(raw, 2), expected)
+    torch.testing.assert_close(model_lib.ordered_quantiles(center, raw, 2), expected)
 
 
 @pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
@@ -96,3 +96,25 @@ def test_the_training_loss_of_a_quantile_is_lowest_at_that_quantile(q):
     losses = torch.stack([quantile_loss(torch.full_like(target, c), target, q).mean() for c in candidates])
     best = float(candidates[losses.argmin()])
     assert best == pytest.approx(float(torch.quantile(target, q)), abs=0.02)
+
+
+def test_the_band_learns_without_moving_the_median_network():
+    config = model_lib.model_config(6, [5, 7], 3, [16, 8], 0.0, members=2, quantiles=(0.1, 0.5, 0.9))
+    network = model_lib.build(config)
+    bands = network(torch.randn(32, 6), torch.randint(0, 5, (32, 2)), quantiles=True, per_member=True)
+    (bands[..., 0].sum() + bands[..., 2].sum()).backward()  # the tails' losses only
+    for member in network.members:
+        assert member.gaps.weight.grad.abs().sum() > 0
+        # (torch.cat hands the median's slot a zero gradient: no gradient, or only zeros, reaches these)
+        assert all(p.grad is None or not p.grad.any()
+                   for p in [*member.mlp.parameters(), *member.embedding.parameters()])
+
+
+def test_the_median_of_a_quantile_network_learns_from_its_own_loss():
+    config = model_lib.model_config(6, [5, 7], 3, [16, 8], 0.0, members=2, quantiles=(0.1, 0.5, 0.9))
+    network = model_lib.build(config)
+    bands = network(torch.randn(32, 6), torch.randint(0, 5, (32, 2)), quantiles=True, per_member=True)
+    bands[..., 1].sum().backward()  # the median's loss only
+    for member in network.members:
+        assert member.mlp[0].weight.grad.abs().sum() > 0
+        assert member.gaps.weight.grad is None or not member.gaps.weight.grad.any()
