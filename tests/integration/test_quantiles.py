@@ -35,6 +35,8 @@ def test_a_quantile_model_writes_ordered_bands_and_scores_them(tmp_path, run_sal
     assert f"p10-p90 band holds {band['coverage']:.1%}" in result.stdout
     training = json.loads((tmp_path / "work" / "models" / "bands" / "training.json").read_text())
     assert training["model_config"]["quantiles"] == [0.1, 0.5, 0.9]
+    # Calibrated on the validation weeks: at least the nominal share of them inside, never narrowed.
+    assert training["band"]["validation_coverage_after"] >= 0.8 and training["band"]["widen"] >= 0
 
 
 def test_quantiles_must_lie_between_0_and_1(tmp_path, run_salesfc):

@@ -118,3 +118,28 @@ def test_the_median_of_a_quantile_network_learns_from_its_own_loss():
     for member in network.members:
         assert member.mlp[0].weight.grad.abs().sum() > 0
         assert member.gaps.weight.grad is None or not member.gaps.weight.grad.any()
+
+
+def test_the_band_is_widened_to_hold_its_share_of_the_validation_weeks(tmp_path):
+    from salesfc.train import calibrate_band
+
+    config = model_lib.model_config(4, [3], 2, [8], 0.0, members=2, quantiles=(0.1, 0.5, 0.9))
+    network = model_lib.build(config).eval()
+    path = tmp_path / "model.pt"
+    model_lib.save(path, {"MODEL_STATE": network.state_dict(), "MODEL_CONFIG": config})
+    numeric, categories = torch.randn(2000, 4), torch.randint(0, 3, (2000, 1))
+    with torch.no_grad():
+        median = network(numeric, categories)
+    # Actuals spread far wider than the untrained band: most fall outside it.
+    arrays = {"val_numeric": numeric, "val_categories": categories,
+              "val_target": (median + 5 * torch.randn(2000)).float()}
+    result = calibrate_band(path, arrays)
+    assert result["validation_coverage_before"] < 0.5 and result["widen"] > 0
+    assert 0.8 <= result["validation_coverage_after"] < 0.82
+    loaded, checkpoint = model_lib.load(path)
+    assert checkpoint["MODEL_CONFIG"]["band_widen"] == result["widen"]
+    with torch.no_grad():
+        before, after = network(numeric, categories, quantiles=True), loaded(numeric, categories, quantiles=True)
+    torch.testing.assert_close(after[:, 1], before[:, 1])  # the point forecast does not move
+    torch.testing.assert_close(after[:, 0], before[:, 0] - result["widen"])
+    torch.testing.assert_close(after[:, 2], before[:, 2] + result["widen"])

@@ -117,9 +117,12 @@ class SalesMLP(nn.Module):
     what training fits, one loss per member. Averaging members keeps quantiles in order: each member's are."""
 
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
-                 dropout: float, members: int = 1, quantiles: tuple[float, ...] = (0.5,)):
+                 dropout: float, members: int = 1, quantiles: tuple[float, ...] = (0.5,), band_widen: float = 0.0):
         super().__init__()
         self.quantiles = tuple(quantiles)
+        # Set after training from the validation weeks (salesfc.train.calibrate_band): how far the quantiles below
+        # and above the median move out, in units of the row's scale.
+        self.band_widen = float(band_widen)
         self.median = self.quantiles.index(0.5)
         self.members = nn.ModuleList(Member(n_numeric, cardinalities, embed_dim, hidden, dropout,
                                             len(self.quantiles), self.median) for _ in range(members))
@@ -129,6 +132,11 @@ class SalesMLP(nn.Module):
         outputs = torch.stack([member(numeric, categories) for member in self.members])
         if not quantiles:
             outputs = outputs[..., self.median]
+        elif self.band_widen:
+            shift = torch.full((len(self.quantiles),), self.band_widen, dtype=outputs.dtype, device=outputs.device)
+            shift[:self.median + 1] *= -1
+            shift[self.median] = 0
+            outputs = outputs + shift
         return outputs if per_member else outputs.mean(0)
 
 
@@ -143,7 +151,8 @@ def build(config: dict) -> SalesMLP:
     if config.get("model_type") != "mlp":
         raise ValueError(f"unknown model_type {config.get('model_type')!r}")
     return SalesMLP(config["n_numeric"], config["cardinalities"], config["embed_dim"], config["hidden"],
-                    config["dropout"], config.get("members", 1), tuple(config.get("quantiles", (0.5,))))
+                    config["dropout"], config.get("members", 1), tuple(config.get("quantiles", (0.5,))),
+                    config.get("band_widen", 0.0))
 
 
 def flops_per_sample(config: dict) -> int:
