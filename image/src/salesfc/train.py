@@ -66,11 +66,12 @@ def calibrate_band(path, arrays: dict) -> dict:
     """Widen the saved model's quantile band until it holds its nominal share of the validation weeks.
 
     The band's layer learns on the training rows, where the median network's errors are smaller than on weeks it
-    never saw, so the band comes out too narrow (66-72% of actuals inside a nominal 80% on a full-size backtest).
-    The validation weeks played no part in fitting, only in early stopping, so their errors are honest: split
-    conformal calibration (conformalized quantile regression) moves every quantile below the median down and every
-    one above it up by the same amount, in units of the row's scale, the smallest that puts the nominal share of
-    validation actuals inside. It only widens, so quantiles never cross."""
+    never saw. The validation weeks played no part in fitting, only in early stopping, so their errors are honest:
+    split conformal calibration (conformalized quantile regression) moves every quantile below the median down and
+    every one above it up by the same amount, in units of the row's scale, the smallest that puts the nominal share
+    of validation actuals inside. It only widens, so quantiles never cross. Weeks further from the training data
+    than the validation weeks have larger errors still, which this does not see (bench/README.md has the
+    backtest's coverage)."""
     network, checkpoint = model_lib.load(path)
     quantiles = network.quantiles
     nominal = quantiles[-1] - quantiles[0]
