@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from common import CACHE, REPO, machine, prepared, salesfc, table  # noqa: E402
+from processes import free_port, stop  # noqa: E402
 
 RUN = "bench-serving"
 HOST = "127.0.0.1"
@@ -35,12 +35,6 @@ CONCURRENCY = (1, 8, 32)
 BATCH = 100
 GOAL_P99_MS = 10.0  # one row, concurrency 1, PostgreSQL, model included (issue 9)
 GOAL_RPS = 500.0    # one row, concurrency 8, PostgreSQL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Process:
@@ -64,12 +58,7 @@ class Process:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
     def __enter__(self):
         return self

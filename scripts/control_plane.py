@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Iterator
 
 import yaml
+from processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("TOOLS_DIR", REPO / ".tools")).resolve()
@@ -72,12 +72,6 @@ class BedError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[control-plane] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def binary(name: str, version: str) -> Path:

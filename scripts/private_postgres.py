@@ -12,12 +12,13 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+from processes import free_port
 
 
 @dataclass
@@ -71,12 +72,6 @@ def _pg_bindir() -> Path:
     raise RuntimeError("PostgreSQL is not installed: run `bash scripts/setup.sh --test` (installs postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(command: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
@@ -108,7 +103,7 @@ def private_server(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresSer
     try:
         _run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "salesfc", "--auth=scram-sha-256",
               f"--pwfile={root / 'pwfile'}", "-E", "UTF8"])
-        port = _free_port()
+        port = free_port()
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
         if tls:
             options += f" -c ssl=on -c ssl_cert_file={root / 'server.crt'} -c ssl_key_file={root / 'server.key'}"

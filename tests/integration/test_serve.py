@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import free_port, stop
 
 pytestmark = pytest.mark.slow
 
 RUN = "serve-a"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -89,12 +83,7 @@ class Server:
         return self.wait_until("ready", lambda: self.get("/readyz")[0] == 200)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from processes import free_port
 import torch
 import torch.multiprocessing as mp
 
@@ -18,12 +18,6 @@ from salesfc.dataset import Split
 from salesfc.tables import TIMESTAMP
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def join_world(rank: int, port: int) -> distributed.Context:
