@@ -154,8 +154,8 @@ def text_table(summary: dict) -> list[str]:
     return lines
 
 
-def holiday_lines(summary: dict) -> list[str]:
-    """Holiday weeks against the rest, model and tree peer, fold by fold; the model's band, if it has one."""
+def band_lines(summary: dict) -> list[str]:
+    """The model's quantile band fold by fold (trained with --quantiles): coverage and pinball loss."""
     lines = []
     for f in summary["folds"]:
         band = f.get("model_quantiles")
@@ -164,6 +164,12 @@ def holiday_lines(summary: dict) -> list[str]:
             lines.append(f"fold {f['fold']}: {band['band']} band holds {band['coverage']:.1%} of actuals (nominal "
                          f"{band['nominal']:.0%}{holiday}); pinball loss " + ", ".join(
                              f"{name} ${value:,.0f}" for name, value in band["pinball"].items()))
+    return lines
+
+
+def holiday_lines(summary: dict) -> list[str]:
+    """Holiday weeks against the rest, model and tree peer, fold by fold."""
+    lines = []
     for f in summary["folds"]:
         if not f["holiday_weeks"]:
             continue
@@ -247,7 +253,7 @@ def run(config) -> int:
         table.to_parquet(tmp, index=False)
     write_json(out / "backtest.json", result)
     plot(table, summary, out / "backtest.png")
-    lines, holidays = text_table(summary), holiday_lines(summary)
+    lines, holidays = text_table(summary), band_lines(summary) + holiday_lines(summary)
     write_text(out / "backtest.md", "\n".join([
         f"# Backtest {backtest_id}", "", f"Data: {manifest['source']}. Weather, fuel, CPI, unemployment and "
         "markdowns of a forecast week are its recorded values (the Kaggle convention), not forecasts of them.", "",
