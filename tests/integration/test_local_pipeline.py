@@ -167,6 +167,15 @@ def test_bad_input_gives_one_error_and_changes_nothing(tmp_path, run_salesfc):
     assert bad.returncode == 1
     assert "train.csv, column Weekly_Sales, row 4: '12,5' is not a number" in one_error_line(bad.stderr)
     assert "Traceback" not in bad.stderr
+    # The other two: an empty train.csv, and a row with too many fields (one line, not two).
+    for change, message in ((lambda text: "", "train.csv: the file is empty"),
+                            (lambda text: text.replace("\n", "\n1,1,2010-02-05,12,5,FALSE\n", 1),
+                             "train.csv, row 2: 6 fields where the header has 5")):
+        synthetic.to_kaggle_csvs(synthetic.generate("tiny"), csvs)
+        (csvs / "train.csv").write_text(change((csvs / "train.csv").read_text()))
+        bad = run_salesfc("prep", "--source", "kaggle", "--kaggle-dir", str(csvs), "--workdir", str(workdir),
+                          check=False)
+        assert bad.returncode == 1 and message in one_error_line(bad.stderr) and "Traceback" not in bad.stderr
 
     no_dir = run_salesfc("prep", "--source", "kaggle", "--workdir", str(workdir), check=False)
     assert no_dir.returncode == 1 and "needs --kaggle-dir" in one_error_line(no_dir.stderr)

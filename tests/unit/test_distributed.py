@@ -140,3 +140,46 @@ def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(tmp_path
     for a, b in zip(straight_summary["history"], resumed_summary["history"], strict=True):
         assert a["epoch"] == b["epoch"]
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+
+
+
+def build_and_draw(context: distributed.Context, out: str, prepared) -> None:
+    """Build the Trainer as fit_run does, then write this rank's first weights and its next random numbers (dropout
+    masks come from torch's global stream on the CPU: its next numbers are the next masks)."""
+    config = settings.Config.defaults("train", workdir=out, device="cpu", seed=3, hidden=(32, 16), members=1,
+                                      dropout=0.5, batch_size=256)
+    arrays = meta = None
+    if context.is_main:
+        arrays, _, preprocessor, _ = prepared
+        meta = {"model_config": train.model_lib.model_config(
+            preprocessor.n_numeric, preprocessor.cardinalities, config.embed_dim, config.hidden, config.dropout,
+            config.members, config.quantiles)}
+    meta = context.broadcast_json(meta)
+    trainer = train.Trainer(config, context, Path(out), train.share_arrays(context, arrays), meta)
+    weights = next(trainer.raw_network.parameters()).detach().flatten()[:8].tolist()
+    Path(out, f"{context.rank}.json").write_text(json.dumps({"draw": torch.rand(8).tolist(), "weights": weights}))
+
+
+def dropout_draws(rank: int, port: int, out: str, prepared) -> None:
+    context = join_world(rank, port)
+    try:
+        build_and_draw(context, out, prepared)
+    finally:
+        distributed.teardown(context)
+
+
+def test_each_rank_drops_its_own_units_from_the_same_weights(tmp_path, monkeypatch):
+    """Every rank starts from the same weights but draws its own dropout masks (the same masks on every rank would
+    make N processes train like one on N times the batch); rank 0 draws what a one-process run draws."""
+    prepared = prepared_arrays()
+    mp.spawn(dropout_draws, args=(free_port(), str(tmp_path), prepared), nprocs=WORLD, join=True)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(WORLD)]
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    build_and_draw(distributed.setup("cpu"), str(alone), prepared)
+    one_process = json.loads((alone / "0.json").read_text())
+    assert ranks[0]["weights"] == ranks[1]["weights"] == one_process["weights"]
+    assert ranks[0]["draw"] != ranks[1]["draw"]
+    assert ranks[0]["draw"] == one_process["draw"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 
 import pytest
@@ -49,11 +50,32 @@ def test_on_a_terminal_a_bar_and_no_log_lines(lines):
     stream = io.StringIO()
     bar = progress.Progress("training", total=10, unit="step", stream=stream, terminal=True)
     bar.update(5)
-    bar.write("epoch 1/2 done")
+    bar.tick()  # the heartbeat's redraw (tqdm redraws on update only every 0.1 s)
     bar.close()
     text = stream.getvalue()
-    assert "training" in text and "5/10" in text and "epoch 1/2 done" in text
+    assert "training" in text and "5/10" in text
     assert lines() == []
+
+
+def test_on_a_terminal_a_log_line_prints_once_above_the_bar(monkeypatch):
+    # The console handler writes to stderr, as cli.setup_logging's does; here stderr is the bar's stream.
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    bar = progress.Progress("training", total=10, unit="step", stream=stream, terminal=True)
+    bar.update(5)
+    logging.getLogger("salesfc.train").info("epoch 1/2 done")
+    bar.close()
+    logging.getLogger("salesfc.train").info("after the bar")
+    # Written through the bar, a line starts where the bar's redraw left the cursor: after its last carriage return
+    # it would read "training: 50%|...| 5/10 ...epoch 1/2 done".
+    shown = [line.rsplit("\r", 1)[-1] for line in stream.getvalue().split("\n")]
+    assert shown.count("epoch 1/2 done") == 1, stream.getvalue()
+    assert root.handlers == [handler] and shown.count("after the bar") == 1  # the console handler is back
 
 
 def test_a_stage_that_is_one_long_call_still_says_it_is_running(lines, monkeypatch):
@@ -76,5 +98,4 @@ def test_a_disabled_stage_says_nothing(lines):
     stream = io.StringIO()
     with progress.stage("other rank", total=3, stream=stream, terminal=True, enabled=False) as bar:
         bar.update(3)
-        bar.write("not shown")
     assert lines() == [] and stream.getvalue() == ""

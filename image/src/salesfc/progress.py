@@ -3,6 +3,7 @@
 On a terminal: a tqdm bar on stderr (steps counted, or only the time spent for a stage that is one long call). In a
 log (a pod, CI, a pipe): a line when the stage starts, one every ``LOG_EVERY`` seconds while it runs, and one when
 it ends, through logging, so they carry the time stamp and rank of every other line. Stdout stays for results.
+While a bar is shown, log lines to the console go above it (through tqdm), once each, instead of breaking it.
 
     with progress.stage("tree peer", total=3, unit="fit") as bar:
         for params in grid:
@@ -29,7 +30,7 @@ REFRESH_EVERY = 1.0    # seconds between redraws of a bar whose count does not m
 
 
 class Progress:
-    """One stage's progress: ``update`` counts steps, ``write`` prints a line without breaking a bar."""
+    """One stage's progress: ``update`` counts steps; log lines meanwhile print above a bar, not through it."""
 
     def __init__(self, what: str, total: int | None = None, unit: str = "step", *, initial: int = 0,
                  stream: TextIO | None = None, terminal: bool | None = None, log_every: float = LOG_EVERY,
@@ -45,11 +46,14 @@ class Progress:
         self.last_line = self.started
         self._lock = threading.Lock()
         self._bar = None
+        self._redirect = contextlib.ExitStack()
         if self.terminal:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=what, unit=unit, file=self.stream, leave=False,
                              dynamic_ncols=True)
+            self._redirect.enter_context(logging_redirect_tqdm())
         elif enabled:
             log.info("%s ...%s", what, f" ({total:,} {unit}s)" if total else "")
 
@@ -86,14 +90,10 @@ class Progress:
         eta = f", about {left:.0f} s left" if left is not None and self.done < self.total else ""
         return f"{self.done:,} of {self.total:,} {self.unit}s ({share:.0%}), {elapsed:.0f} s so far{eta}"
 
-    def write(self, message: str) -> None:
-        """A line for the reader (on a terminal above the bar; in a log, nothing: the caller logs it)."""
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-
     def close(self) -> float:
         elapsed = self.clock() - self.started
         if self._bar is not None:
+            self._redirect.close()
             self._bar.close()
             self._bar = None
         return elapsed
