@@ -60,6 +60,10 @@ TRAINER_VERSIONS = tuple(JOBSET_FOR_TRAINER)
 CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 CONTROLLER_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "jobset-system", "kubeflow-system")
 FAIL_ONCE_NAMESPACE = "salesfc-fail-once"
+# In HOLD_NAMESPACE a JobSet's pods keep running until they carry RELEASE_ANNOTATION: "true" (a training that takes
+# its time, for what happens to a TrainJob while it runs).
+HOLD_NAMESPACE = "salesfc-hold"
+RELEASE_ANNOTATION = "salesfc.test/release"
 NODE_LABEL = {"type": "kwok"}
 
 # KWOK's pod delays (ms): short, so a test does not wait, but not zero, so phases are seen in order.
@@ -348,6 +352,8 @@ class Bed:
                     stages.append(doc)
         first_attempt_here = (f'(.metadata.namespace == "{FAIL_ONCE_NAMESPACE}" and '
                               '.metadata.labels["jobset.sigs.k8s.io/restart-attempt"] == "0")')
+        held = (f'(.metadata.namespace == "{HOLD_NAMESPACE}" and .metadata.labels["jobset.sigs.k8s.io/jobset-name"] '
+                f'!= null and .metadata.annotations["{RELEASE_ANNOTATION}"] != "true")')
         for stage in stages:
             spec = stage["spec"]
             if "delay" in spec and spec["resourceRef"]["kind"] == "Pod":
@@ -355,8 +361,9 @@ class Bed:
                 spec["delay"]["jitterDurationMilliseconds"] = POD_JITTER_MS
             if stage["metadata"]["name"] == "pod-complete":
                 complete = stage
-                spec["selector"]["matchExpressions"].append(
-                    {"key": first_attempt_here, "operator": "NotIn", "values": ["true"]})
+                spec["selector"]["matchExpressions"] += [
+                    {"key": first_attempt_here, "operator": "NotIn", "values": ["true"]},
+                    {"key": held, "operator": "NotIn", "values": ["true"]}]
         # `helm test` pods have no owner: they succeed like Job pods.
         test_pods = json.loads(json.dumps(complete))
         test_pods["metadata"]["name"] = "pod-complete-helm-test"

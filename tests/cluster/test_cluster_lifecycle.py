@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
-from clusterlib import (ON_ALL, ON_LATEST, condition, helm, install, jobset, manifest, precreate_runtime, trainjobs,
-                        unique, upgrade, wait_for, wait_trainjob_complete)
+from clusterlib import (ON_ALL, ON_LATEST, condition, helm, install, items, jobset, manifest, precreate_runtime,
+                        trainjobs, unique, upgrade, wait_for, wait_trainjob_complete)
 import control_plane
 
 pytestmark = pytest.mark.cluster
@@ -81,6 +84,46 @@ def test_a_lost_trainer_pod_restarts_the_jobset_within_the_limit(bed):
         live = bed.get("trainjobs.trainer.kubeflow.org", "-n", namespace, tj["metadata"]["name"])
         return live if condition(live, "Failed") else None
     wait_for("the TrainJob without restarts to fail", failed_for_good, timeout=180)
+    helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
+
+
+@ON_ALL
+def test_a_runtime_only_upgrade_leaves_a_running_training_alone(bed):
+    """The runtime is not immutable, and the Trainer builds JobSets from it: an upgrade that changes only the runtime
+    (here the trainer pods' /dev/shm) while a TrainJob runs must neither retrain nor disturb that run. The bed keeps
+    the trainer pods in HOLD_NAMESPACE running until the test lets them finish."""
+    namespace = control_plane.HOLD_NAMESPACE
+    if bed.trainer == "v2.1.0":
+        precreate_runtime(bed, "salesfc", namespace, CPU)
+    install(bed, "salesfc", namespace, CPU)
+    tj = the_trainjob(bed, namespace)
+    name = tj["metadata"]["name"]
+    js = jobset(bed, namespace, name)
+    selector = f"jobset.sigs.k8s.io/jobset-name={name}"
+
+    def running_pods():
+        pods = items(bed, "pods", namespace, selector)
+        return pods if pods and all(p["status"].get("phase") == "Running" for p in pods) else None
+    pods = wait_for("the trainer pods to run", running_pods)
+
+    upgrade(bed, "salesfc", namespace, CPU, {"training.shmSize": "2Gi"})
+    runtime = next(o for o in manifest(bed, "salesfc", namespace) if o["kind"].endswith("TrainingRuntime"))
+    live_runtime = bed.get(f"{runtime['kind'].lower()}s.trainer.kubeflow.org", runtime["metadata"]["name"],
+                           *(["-n", namespace] if runtime["kind"] == "TrainingRuntime" else []))
+    assert "2Gi" in json.dumps(live_runtime["spec"]), "the upgrade did not reach the runtime"
+    time.sleep(5)  # the controllers' reconcile of the changed runtime, had it touched the running training
+    after = the_trainjob(bed, namespace)
+    assert after["metadata"]["uid"] == tj["metadata"]["uid"], "a runtime-only upgrade retrained"
+    assert not condition(after, "Failed"), after.get("status")
+    live_js = bed.get("jobsets.jobset.x-k8s.io", "-n", namespace, name)
+    assert live_js["metadata"]["uid"] == js["metadata"]["uid"] and not condition(live_js, "Failed"), live_js["status"]
+    assert sorted(p["metadata"]["uid"] for p in running_pods() or []) == sorted(p["metadata"]["uid"] for p in pods), \
+        "the running trainer pods were replaced"
+
+    for pod in pods:
+        bed.kubectl("annotate", "pod", "-n", namespace, pod["metadata"]["name"],
+                    f"{control_plane.RELEASE_ANNOTATION}=true")
+    wait_trainjob_complete(bed, namespace, name)
     helm(bed, "uninstall", "salesfc", "-n", namespace, "--wait")
 
 
