@@ -69,8 +69,9 @@ def precreate_runtime(bed, release: str, namespace: str, files: list[str], sets:
     metadata), and wait until the Trainer's webhook admits the release's TrainJob against it.
 
     Trainer v2.1's webhook reads runtimes from its cache and denied a TrainJob sent with its runtime in 7 of about
-    58 installs on this bed ("must be created before the TrainJob"); a release cannot order that in Helm, so the
-    tests on v2.1 do what the chart README tells a user of v2.1 to do ("Trainer v2.1")."""
+    58 installs on this bed ("must be created before the TrainJob"), and v2.3's once (2026-12-04, a loaded machine);
+    a release cannot order that in Helm, so the tests on v2.1, and the tests of other things than the install, do
+    what the chart README tells a user to do ("Trainer v2.1")."""
     def rendered(template: str) -> list[dict]:
         out = helm(bed, "template", release, str(CHART), "-n", namespace, *values_args(files, sets),
                    "-s", f"templates/{template}").stdout
