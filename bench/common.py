@@ -27,11 +27,11 @@ def salesfc(*args: str, env: dict | None = None, quiet: bool = True) -> float:
     return seconds
 
 
-def prepared(size: str = "full") -> Path:
-    """A workspace with ``size`` synthetic data (the default data seed) prepared in the local store. prep is
-    idempotent, so a second benchmark finds it ready after a quick check."""
-    workdir = CACHE / size
-    salesfc("prep", "--size", size, "--workdir", str(workdir))
+def prepared(size: str = "full", stores: int | None = None) -> Path:
+    """A workspace with ``size`` synthetic data (the default data seed; ``stores`` stores instead of the size's)
+    prepared in the local store. prep is idempotent, so a second benchmark finds it ready after a quick check."""
+    workdir = CACHE / (size if stores is None else f"{size}-{stores}-stores")
+    salesfc("prep", "--size", size, "--workdir", str(workdir), *(["--stores", str(stores)] if stores else []))
     return workdir
 
 

@@ -122,6 +122,34 @@ def test_infer_again_reads_the_cached_peer_and_scores_the_same(demo, run_salesfc
         (first["model"], first["baselines"], first["test_weeks"])
 
 
+def test_training_reads_equal_feasts_own_on_demand_path(demo):
+    """salesfc applies the on-demand views to whole columns itself (feature_store.OnDemandPlan): every column of
+    every row must equal what Feast's get_historical_features computes with the feature service."""
+    import numpy as np
+
+    from salesfc import cli, feature_store, settings
+    from salesfc.tables import TIMESTAMP
+
+    workdir, _ = demo
+    args = cli.build_parser().parse_args(["train", "--workdir", str(workdir)])
+    store = feature_store.open_store(settings.Config("train", settings.resolve(args, "train")))
+    plan = feature_store.on_demand_plan(store)
+    assert plan is not None and [view.name for view in plan.views] == ["feature_transformations",
+                                                                       "temporal_transformations"]
+    ours = feature_store.historical_features(store)
+    labels = feature_store.read_labels(store)
+    feasts = store.feast.get_historical_features(entity_df=labels, features=store.service).to_df()
+    feasts = feasts.sort_values([TIMESTAMP, "store_dept"]).reset_index(drop=True)
+    assert list(ours.columns) == list(feasts.columns) and len(ours) == len(feasts) == len(labels)
+    for column in ours.columns:
+        if pd.api.types.is_numeric_dtype(ours[column]) and not pd.api.types.is_bool_dtype(ours[column]):
+            np.testing.assert_array_equal(ours[column].to_numpy(float, na_value=np.nan),
+                                          feasts[column].to_numpy(float, na_value=np.nan), err_msg=column)
+        else:
+            assert ours[column].astype(object).where(ours[column].notna(), None).tolist() == \
+                feasts[column].astype(object).where(feasts[column].notna(), None).tolist(), column
+
+
 def test_check_passes_and_fails_for_the_right_reason(demo, run_salesfc):
     workdir, _ = demo
     # Tiny data is 45 series: enough to beat last value and seasonal naive (asserted above), not always the

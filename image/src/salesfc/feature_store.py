@@ -333,8 +333,12 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
         if since is not None:
             entity_df = entity_df[entity_df[TIMESTAMP] >= since].reset_index(drop=True)
         expected = len(entity_df)
+    plan = on_demand_plan(store)
     with _quiet():
-        frame = fs.get_historical_features(entity_df=entity_df, features=store.service).to_df()
+        frame = fs.get_historical_features(entity_df=entity_df,
+                                           features=plan.batch_features if plan else store.service).to_df()
+    if plan:
+        frame = plan.apply(frame)
     # PostgreSQL returns naive UTC timestamps, DuckDB aware ones: make them one thing.
     if not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
         frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
@@ -348,6 +352,63 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
         raise RuntimeError(f"feature retrieval returned {len(frame)} rows with {duplicated} duplicated entity rows "
                            f"for {expected or 'the'} label rows: the point-in-time join is broken")
     return frame
+
+
+@dataclass
+class OnDemandPlan:
+    """The feature service read as its batch views' features, then its on-demand views applied to whole columns.
+
+    Feast's own offline path turns the whole joined table (every column, timestamps included) into Python lists for
+    a python-mode view (``pa_table.to_pydict()``): 5 s of the 7.7 s of a full-size read here, and it grows faster
+    than the rows. The views' own functions, given numpy columns instead of lists, compute the same values (a test
+    compares every column with Feast's path) in a fraction of a second. One definition of each feature stays: the
+    functions in the feature repo, which Feast also runs for online reads.
+    """
+
+    batch_features: list[str]
+    views: list  # feast OnDemandFeatureView, in the service's order
+
+    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        for view in self.views:
+            outputs = view.feature_transformation.udf(_Columns(frame))
+            for field in view.features:
+                values = outputs[field.name]
+                frame[field.name] = (np.array(values, dtype=np.float64) if "Float" in str(field.dtype)
+                                     else pd.array(list(values)))
+        return frame
+
+
+class _Columns(dict):
+    """A frame's columns as a python-mode view reads them (``inputs[name]``): numeric ones as float arrays with NaN
+    where missing (what np.array makes of Feast's lists with None), the others as object arrays. Converted only
+    when a view asks."""
+
+    def __init__(self, frame: pd.DataFrame):
+        super().__init__()
+        self.frame = frame
+
+    def __missing__(self, name: str):
+        column = self.frame[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        return column.to_numpy(dtype=object)
+
+
+def on_demand_plan(store: Store) -> OnDemandPlan | None:
+    """How to read the service with its on-demand views applied by salesfc, or None (Feast's own path) when the
+    service has a view that is not in python mode or reads request data."""
+    views = {view.name: view for view in store.feast.list_on_demand_feature_views()}
+    batch, chosen = [], []
+    for projection in store.service.feature_view_projections:
+        view = views.get(projection.name)
+        if view is None:
+            batch += [f"{projection.name_to_use()}:{field.name}" for field in projection.features]
+        elif view.mode == "python" and not view.singleton and not view.source_request_sources and \
+                len(projection.features) == len(view.features):
+            chosen.append(view)
+        else:
+            return None
+    return OnDemandPlan(batch, chosen)
 
 
 def online_features(store: Store, keys, timestamps: bool = False) -> dict[str, list]:
