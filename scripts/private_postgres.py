@@ -79,8 +79,9 @@ def _run(command: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def private_server(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresServer]:
-    """tls: (certificate, key) files to serve TLS with (the server still accepts plain connections)."""
+def private_server(tls: tuple[Path, Path] | None = None, more_options: str = "") -> Iterator[PostgresServer]:
+    """tls: (certificate, key) files to serve TLS with (the server still accepts plain connections). more_options:
+    the server's own settings (e.g. "-c ssl=on ..." as the chart renders them, with files of the caller's)."""
     bindir = _pg_bindir()
     # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
     root = Path(tempfile.mkdtemp(prefix="salesfc-pg-"))
@@ -107,8 +108,13 @@ def private_server(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresSer
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
         if tls:
             options += f" -c ssl=on -c ssl_cert_file={root / 'server.crt'} -c ssl_key_file={root / 'server.key'}"
-        _run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-              "start"])
+        options += f" {more_options}" if more_options else ""
+        try:
+            _run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+                  "start"])
+        except RuntimeError as err:  # pg_ctl says "examine the log": the reason is there
+            log = root / "log"
+            raise RuntimeError(f"{err}server log:\n{log.read_text()[-2000:] if log.exists() else '(none)'}") from None
         yield PostgresServer("127.0.0.1", port, "salesfc", password, bindir, data, options, root / "log", run_as)
     finally:
         subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],

@@ -91,7 +91,8 @@ def test_each_command_gets_only_its_settings_and_they_parse(files):
                 if field.get("resource") != "limits.cpu":
                     problems.append(f"{where}: OMP_NUM_THREADS must come from the container's limits.cpu")
             elif name == "PGSSLROOTCERT":
-                # libpq's own: the external server's CA (mounted from postgresql.external.caSecret) or "system".
+                # libpq's own: the CA that verifies the server (mounted from postgresql.external.caSecret or the
+                # in-cluster server's postgresql.tls.existingSecret) or "system".
                 if item.get("value") not in ("/etc/salesfc-db-ca/ca.crt", "system"):
                     problems.append(f"{where}: PGSSLROOTCERT is {item.get('value')!r}")
             elif not name.startswith("SALESFC_"):

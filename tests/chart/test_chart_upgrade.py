@@ -28,7 +28,8 @@ RETRAIN = [
 # Changes that leave the TrainJob alone (the runtime, the database, inference, tests, policies).
 KEEP_TRAINJOB = [
     "logLevel=DEBUG", "training.tolerations[0].key=gpu", "training.tolerations[0].operator=Exists",
-    "training.shmSize=2Gi", "postgresql.resources.limits.memory=3Gi", "postgresql.sslmode=require",
+    "training.shmSize=2Gi", "postgresql.resources.limits.memory=3Gi",
+    "postgresql.tls.enabled=true,postgresql.tls.existingSecret=pg-tls,postgresql.sslmode=verify-full",
     "inference.plotSeries=3", "inference.waitTimeout=100", "json:tests.maxWmaeRatio=0.9", "networkPolicy.enabled=false",
     "sharedStorage.size=20Gi", "prep.waitTimeout=60",
 ]

@@ -26,6 +26,7 @@ PROFILES = {
     "ci-external-postgres": ["charts/salesfc/ci/external-postgres-values.yaml"],
     "ci-gpu4-openshift": ["charts/salesfc/ci/gpu4-openshift-values.yaml"],
     "ci-namespaced-kaggle": ["charts/salesfc/ci/namespaced-kaggle-values.yaml"],
+    "ci-postgres-tls": ["charts/salesfc/ci/postgres-tls-values.yaml"],
 }
 
 
@@ -61,9 +62,13 @@ def prerequisites(profile: str, values: dict, postgres_server) -> tuple[list[dic
     if external["enabled"]:
         objects.append(secret(external["existingSecret"], **{external["secretKey"]: postgres_server.password}))
         if external.get("caSecret"):
-            objects.append(secret(external["caSecret"], **{external["caSecretKey"]: a_ca_certificate()}))
+            objects.append(secret(external["caSecret"], **{external["caSecretKey"]: a_self_signed_certificate()[0]}))
         sets = {"postgresql.external.host": postgres_server.host, "postgresql.external.port": postgres_server.port,
                 "postgresql.external.user": postgres_server.user, "postgresql.external.database": "postgres"}
+    tls = values["postgresql"]["tls"]
+    if tls["enabled"] and not external["enabled"]:
+        certificate, key = a_self_signed_certificate()
+        objects.append(secret(tls["existingSecret"], **{"tls.crt": certificate, "tls.key": key, "ca.crt": certificate}))
     if profile == "ci-namespaced-kaggle":
         objects += [claim(values["data"]["kaggle"]["existingClaim"]), claim(values["sharedStorage"]["existingClaim"]),
                     secret(values["postgresql"]["auth"]["existingSecret"], password="kept-by-the-team"),
@@ -94,26 +99,27 @@ def check_serving(bed, namespace: str, rendered: list[dict], replicas: int) -> N
         "status", {}).get("expectedPods") == replicas else None)(bed.get("pdb", "-n", namespace, budget)))
 
 
-def a_ca_certificate() -> str:
+def a_self_signed_certificate() -> tuple[str, str]:
+    """(certificate, key): a certificate that is its own CA."""
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{folder}/ca.key",
                         "-out", f"{folder}/ca.crt", "-days", "1", "-subj", "/CN=salesfc-cluster-test-ca"],
                        check=True, capture_output=True)
-        return Path(folder, "ca.crt").read_text()
+        return Path(folder, "ca.crt").read_text(), Path(folder, "ca.key").read_text()
 
 
-def check_ca_mount(job: dict, external: dict) -> None:
+def check_ca_mount(job: dict, ca_secret: str | None, ca_key: str) -> None:
     """With a CA Secret, libpq's PGSSLROOTCERT names the certificate mounted from it."""
     spec = job["spec"]["template"]["spec"]
     container = spec["containers"][0]
     root_cert = env_of(container).get("PGSSLROOTCERT")
-    if not external.get("caSecret"):
+    if not ca_secret:
         assert root_cert is None
         return
-    volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == external["caSecret"])
+    volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == ca_secret)
     mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
     assert root_cert == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
-    assert volume["secret"]["items"][0]["key"] == external["caSecretKey"]
+    assert volume["secret"]["items"][0]["key"] == ca_key
 
 
 def check_database_settings(bed, namespace: str, job: dict) -> None:
@@ -168,9 +174,14 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     prep = next(j for j in items(bed, "jobs", namespace) if j["metadata"]["labels"].get(
         "app.kubernetes.io/component") == "prep")
     assert condition(prep, "Complete")
-    if values["postgresql"]["external"]["enabled"]:
+    external, tls = values["postgresql"]["external"], values["postgresql"]["tls"]
+    if external["enabled"]:
         check_database_settings(bed, namespace, prep)
-        check_ca_mount(prep, values["postgresql"]["external"])
+        check_ca_mount(prep, external.get("caSecret"), external["caSecretKey"])
+    else:
+        # The in-cluster server's own TLS Secret holds the CA too (KWOK runs no PostgreSQL: the server's side of
+        # it is tests/integration/test_database_tls.py's).
+        check_ca_mount(prep, tls["existingSecret"] if tls["enabled"] else None, "ca.crt")
     wait_trainjob_complete(bed, namespace, rendered_tj["metadata"]["name"])
     infer_name = next(o["metadata"]["name"] for o in rendered if o["kind"] == "Job")
     infer = wait_for("the inference Job", lambda: (lambda j: j if condition(j, "Complete") else None)(

@@ -129,6 +129,18 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.user }}{{ else }}{{ .Values.postgresql.user }}{{ end }}
 {{- end }}
 
+{{/* The in-cluster server's arguments with TLS (tests/integration/test_database_tls.py starts a real server with
+them, its files mounted as the kubelet mounts the Secret). */}}
+{{- define "salesfc.postgresql.tlsArgs" -}}
+- postgres
+- -c
+- ssl=on
+- -c
+- ssl_cert_file=/etc/postgresql-tls/tls.crt
+- -c
+- ssl_key_file=/etc/postgresql-tls/tls.key
+{{- end }}
+
 {{- define "salesfc.postgresql.sslmode" -}}
 {{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.sslmode }}{{ else }}{{ .Values.postgresql.sslmode }}{{ end }}
 {{- end }}
@@ -222,14 +234,20 @@ the limit from their cgroup and share it (salesfc.cpus): the API server accepts 
   secret:
     secretName: {{ . }}
     items:
-      - key: {{ $.Values.postgresql.external.caSecretKey }}
+      - key: {{ include "salesfc.postgresql.caSecretKey" $ }}
         path: ca.crt
 {{- end }}
 {{- end }}
 
-{{/* The external server's CA Secret, when one is used (empty otherwise). */}}
+{{/* The Secret holding the CA that verifies the server, when there is one (empty otherwise): the external
+server's caSecret, or the in-cluster server's own TLS Secret (its ca.crt). */}}
 {{- define "salesfc.postgresql.caSecret" -}}
-{{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.caSecret }}{{ end }}
+{{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.caSecret }}
+{{- else if .Values.postgresql.tls.enabled }}{{ .Values.postgresql.tls.existingSecret }}{{ end }}
+{{- end }}
+
+{{- define "salesfc.postgresql.caSecretKey" -}}
+{{- if .Values.postgresql.external.enabled }}{{ .Values.postgresql.external.caSecretKey }}{{ else }}ca.crt{{ end }}
 {{- end }}
 
 {{- define "salesfc.volumeMounts" -}}
@@ -469,6 +487,18 @@ name, so a retrain is a new inference Job too; the same values keep the same Job
 {{- end }}
 {{- if and (not .Values.sharedStorage.existingClaim) (eq .Values.sharedStorage.accessMode "ReadWriteOnce") (gt (int $t.numNodes) 1) }}
 {{- fail (printf "sharedStorage.accessMode ReadWriteOnce cannot serve training.numNodes %d: a ReadWriteOnce volume attaches to one node, so the other trainer nodes never start. Use ReadWriteMany (a class that supports it, e.g. NFS or CephFS) or training.numNodes 1 (see \"Shared storage\" in the chart README)" (int $t.numNodes)) }}
+{{- end }}
+{{- $pg := .Values.postgresql }}
+{{- if not $pg.external.enabled }}
+{{- if and $pg.tls.enabled (not $pg.tls.existingSecret) }}
+{{- fail "postgresql.tls.enabled needs postgresql.tls.existingSecret: a Secret with tls.crt, tls.key and ca.crt whose certificate names the in-cluster server's Service (see \"TLS for the in-cluster PostgreSQL\" in the chart README)" }}
+{{- end }}
+{{- if and $pg.tls.enabled (has $pg.sslmode (list "disable" "allow" "prefer")) }}
+{{- fail (printf "postgresql.tls.enabled serves TLS, but postgresql.sslmode %s lets salesfc connect without it or without checking the server: set postgresql.sslmode: verify-full" $pg.sslmode) }}
+{{- end }}
+{{- if and (not $pg.tls.enabled) (has $pg.sslmode (list "require" "verify-ca" "verify-full")) }}
+{{- fail (printf "postgresql.sslmode %s needs TLS, which the in-cluster server serves only with postgresql.tls.enabled (and postgresql.tls.existingSecret): enable it, or set postgresql.sslmode: disable" $pg.sslmode) }}
+{{- end }}
 {{- end }}
 {{- if .Values.postgresql.external.enabled }}
 {{- if not .Values.postgresql.external.host }}

@@ -128,7 +128,9 @@ class Endpoint:
                 raise UserError(f"{self}: the server's TLS certificate does not verify with sslmode={self.sslmode} "
                                 f"(root certificates: {os.environ.get('PGSSLROOTCERT') or '~/.postgresql/root.crt'}):"
                                 f" {text.splitlines()[0]}. Give the CA that signed the server's certificate (the "
-                                "chart: postgresql.external.caSecret), or a weaker sslmode") from err
+                                "chart: postgresql.external.caSecret; for its own server, the ca.crt of "
+                                "postgresql.tls.existingSecret, and a certificate naming the host), or a weaker "
+                                "sslmode") from err
             return text.splitlines()[0] if text else type(err).__name__
         return None
 
