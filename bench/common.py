@@ -13,10 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SALESFC_BENCH_DIR", REPO / ".cache" / "bench"))
 
 
+def cli_env(env: dict | None = None) -> dict:
+    """This environment without SALESFC_*: the benchmarks set their settings as flags, never by accident."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SALESFC_")}, **(env or {})}
+
+
 def salesfc(*args: str, env: dict | None = None, quiet: bool = True) -> float:
     """Run the CLI as a user would; return its wall time. Its output is shown only when it fails."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SALESFC_")}
-    full_env.update(env or {})
+    full_env = cli_env(env)
     tick = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "salesfc", *args], env=full_env, text=True,
                             capture_output=quiet)

@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, each printing its figures (see bench/README.md).
 
-    python bench/run_all.py [--only demo_full,retrieval,serving,training_speed,accuracy]
+    python bench/run_all.py [--only demo_full,retrieval,serving,training_speed,accuracy,scale]
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("demo_full", "retrieval", "serving", "training_speed", "accuracy")
+# scale last: the longest (10x stores; its first infer fits the tree peer on 3M rows).
+ORDER = ("demo_full", "retrieval", "serving", "training_speed", "accuracy", "scale")
 
 
 def main() -> None:
