@@ -3,12 +3,10 @@ answers what the test tells it to."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from local_http import JsonHandler, serve, stop
 
 from salesfc.check import Failed, Retry, predict_problem
 
@@ -26,29 +24,17 @@ def service():
     """A server on 127.0.0.1 answering POST /predict with ``service.answer`` = (status, body)."""
     received: list[tuple[str, dict]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
-            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            status, body = server.answer
-            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            received.append((self.path, self.read_json()))
+            self.reply(*server.answer)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = serve(Handler)
     server.answer = (200, forecast())
     server.received = received
     server.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield server
-    server.shutdown()
-    server.server_close()
+    stop(server)
 
 
 def test_a_forecast_from_the_expected_run_passes(service):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from local_http import JsonHandler, serve, stop
 
 from salesfc import settings, submit, trainer_status
 from salesfc.cli import build_parser
@@ -175,31 +176,17 @@ class StatusServer:
     """Records every POST: (when on the test's clock, path, Authorization header, JSON body); answers 200."""
 
     def __init__(self, clock=None):
-        import http.server
-        import json
-        import threading
-
         self.posts = []
         recorder = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):  # noqa: N802 - the http.server name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 when = clock.monotonic() if clock else time.monotonic()
                 recorder.posts.append((when, self.path, self.headers.get("Authorization"), body))
-                reply = b"{}"
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.reply(200, {})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve(Handler)
         self.url = (f"http://127.0.0.1:{self.server.server_address[1]}/apis/trainer.kubeflow.org/v1alpha1/"
                     f"namespaces/ns/trainjobs/t/status")
 
@@ -208,8 +195,7 @@ class StatusServer:
                 for _, _, _, b in self.posts]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture
@@ -338,8 +324,6 @@ class FakeApiServer:
     ended."""
 
     def __init__(self, pending: int = 2):
-        import http.server
-        import json
         import threading
         from urllib.parse import parse_qs, urlsplit
 
@@ -351,16 +335,8 @@ class FakeApiServer:
         self.streamed = None  # whether the first line was printed before the rest was sent
         fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
-
-            def reply(self, code: int, obj: dict) -> None:
-                body = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def not_found(self) -> None:
                 self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
@@ -389,7 +365,7 @@ class FakeApiServer:
                 return self.not_found()
 
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 fake.requests.append(("POST", self.path, body))
                 if self.path != f"{TRAINER_API}/trainjobs":
                     return self.not_found()
@@ -415,12 +391,7 @@ class FakeApiServer:
                 self.wfile.flush()
                 fake.log_ended = True
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def trainjob(self, name: str) -> dict:
@@ -445,8 +416,7 @@ class FakeApiServer:
         return [(i, query) for i, (method, path, query) in enumerate(self.requests) if path.endswith("/log")]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 class Terminal:
