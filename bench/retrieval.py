@@ -36,29 +36,22 @@ def store_config(workdir: Path, kind: str) -> settings.Config:
     return settings.Config("train", settings.resolve(args, "train"))
 
 
-def timed_retrieval(config) -> tuple[float, pd.DataFrame, int]:
+def timed_retrieval(config, read=None) -> tuple[float, pd.DataFrame, int]:
+    """(seconds, frame, entity rows) of one read of every label row: salesfc's (``historical_features``, which
+    raises unless exactly one row per entity row) or ``read(store, labels)``. One small read of the last week
+    first, so no timed path pays for the first query's set-up."""
     store = feature_store.open_store(config)
     labels = feature_store.read_labels(store)
-    warm_up(store, labels)
+    feature_store.historical_features(store, since=labels[tables.TIMESTAMP].max())
     tick = time.perf_counter()
-    frame = feature_store.historical_features(store)  # raises unless exactly one row per entity row
+    frame = read(store, labels) if read else feature_store.historical_features(store)
     return time.perf_counter() - tick, frame, len(labels)
 
 
-def warm_up(store, labels: pd.DataFrame) -> None:
-    """One small read first (the last week), so neither timed path pays for the first query's set-up."""
-    feature_store.historical_features(store, since=labels[tables.TIMESTAMP].max())
-
-
-def timed_feast_on_demand(config) -> float:
+def feast_on_demand(store, labels: pd.DataFrame) -> pd.DataFrame:
     """The same read with Feast applying the on-demand views itself (python mode: the whole joined table as Python
     lists), the path salesfc's own application of them replaces."""
-    store = feature_store.open_store(config)
-    labels = feature_store.read_labels(store)
-    warm_up(store, labels)
-    tick = time.perf_counter()
-    store.feast.get_historical_features(entity_df=labels, features=store.service).to_df()
-    return time.perf_counter() - tick
+    return store.feast.get_historical_features(entity_df=labels, features=store.service).to_df()
 
 
 def pandas_reference(workdir: Path) -> tuple[float, pd.DataFrame]:
@@ -116,7 +109,7 @@ def main() -> None:
     local = store_config(workdir, "local")
     seconds, frame, entity_rows = timed_retrieval(local)
     rows.append(["Feast, DuckDB offline store", seconds, entity_rows, len(frame), compare(frame, reference)])
-    feast_seconds = timed_feast_on_demand(local)
+    feast_seconds = timed_retrieval(local, feast_on_demand)[0]
     rows.append(["  the same, on-demand views applied by Feast", feast_seconds, entity_rows, len(frame),
                  f"{feast_seconds / seconds:.1f}x the time of the row above"])
     online = {"SQLite": online_latency(local, args.online_reads)}

@@ -44,8 +44,9 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: what pytest runs (default: %(default)s)",
                         default=DEFAULT_TESTS)
     args = parser.parse_args()
-    pins = [f"{name}=={version}" for name, version in floors(REPO / "image" / "pyproject.toml").items()]
-    pins += [extra for name in floors(REPO / "image" / "pyproject.toml") for extra in COMPANIONS.get(name, [])]
+    lowest = floors(REPO / "image" / "pyproject.toml")
+    pins = [f"{name}=={version}" for name, version in lowest.items()]
+    pins += [extra for name in lowest for extra in COMPANIONS.get(name, [])]
     with tempfile.TemporaryDirectory(prefix="salesfc-floors-") as target:
         print("floors:", " ".join(pins), flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, *pins],

@@ -121,7 +121,7 @@ def mounted_as_the_kubelet_mounts(secret: dict, files: dict[str, Path], mode: in
     return folder
 
 
-def test_the_charts_own_server_serves_tls_that_its_pods_verify(tmp_path):
+def test_the_charts_own_server_serves_tls_that_its_pods_verify(tmp_path, monkeypatch):
     """The in-cluster server with postgresql.tls: a real PostgreSQL started with the StatefulSet's arguments and the
     Secret mounted with its defaultMode accepts verify-full connections made with what the prep Job's container
     gets (sslmode, PGSSLROOTCERT); the same key readable by others is refused by the server."""
@@ -149,15 +149,12 @@ def test_the_charts_own_server_serves_tls_that_its_pods_verify(tmp_path):
     ca_folder = mounted_as_the_kubelet_mounts(ca_volume["secret"], files, 0o444)
     try:
         with private_server(more_options=" ".join(args[1:]).replace(mount_path, str(mounted))) as server:
-            os.environ["PGSSLROOTCERT"] = env["PGSSLROOTCERT"].replace(ca_mount, str(ca_folder))
-            try:
-                db = Endpoint("localhost", server.port, "postgres", server.user, server.password,
-                              env["SALESFC_PG_SSLMODE"])
-                assert env["SALESFC_PG_SSLMODE"] == "verify-full" and db.unreachable() is None
-                with db.connect() as conn:
-                    assert conn.pgconn.ssl_in_use
-            finally:
-                del os.environ["PGSSLROOTCERT"]
+            monkeypatch.setenv("PGSSLROOTCERT", env["PGSSLROOTCERT"].replace(ca_mount, str(ca_folder)))
+            db = Endpoint("localhost", server.port, "postgres", server.user, server.password,
+                          env["SALESFC_PG_SSLMODE"])
+            assert env["SALESFC_PG_SSLMODE"] == "verify-full" and db.unreachable() is None
+            with db.connect() as conn:
+                assert conn.pgconn.ssl_in_use
     finally:
         for folder in (world_readable, mounted, ca_folder):
             shutil.rmtree(folder, ignore_errors=True)
