@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salesfc import feature_store, settings
+from salesfc import feature_store, settings, tables
 from salesfc.cli import build_parser
 from salesfc.data import synthetic
 from salesfc.tables import TIMESTAMP, store_dept
@@ -55,10 +55,10 @@ def test_postgres_store_matches_duckdb_and_pandas(pg, tmp_path, run_salesfc):
     run_salesfc("prep", *source, "--workdir", str(tmp_path / "local"))
 
     with server.connect(database) as conn:
-        tables = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
-    assert {"salesfc_sales_history", "salesfc_store_context", "salesfc_labels"} <= tables
-    assert any("registry" in t or "feature_views" in t for t in tables)  # the SQL registry lives here too
+        names = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in names}
+    assert {"salesfc_sales_history", "salesfc_store_context", "salesfc_labels"} <= names
+    assert any("registry" in t or "feature_views" in t for t in names)  # the SQL registry lives here too
 
     pg_store = open_store(tmp_path / "pg", env, "postgres")
     from_pg = feature_store.historical_features(pg_store)
@@ -82,6 +82,21 @@ def test_postgres_store_matches_duckdb_and_pandas(pg, tmp_path, run_salesfc):
         assert len(recent) == len(whole) and recent[TIMESTAMP].min() == since
         for column in ("store_dept", "sales_lag_1", "temperature", "sales_velocity"):
             np.testing.assert_allclose(recent[column].astype(float), whole[column].astype(float), equal_nan=True)
+    # Shards (training ranks), each read in two parts: every row once, in the shard numpy's hash gives its series
+    # (PostgreSQL computes it in SQL), the values of the whole read (float32 features: the network's precision).
+    local_store = open_store(tmp_path / "local", {}, "local")
+    for store, whole in ((pg_store, from_pg), (local_store, from_duckdb)):
+        shards = [feature_store.shard_features(store, rank, 3, reads=2) for rank in range(3)]
+        for rank, shard in enumerate(shards):
+            assert (tables.series_part(shard["store_dept"], 3) == rank).all()
+            assert shard["sales_lag_1"].dtype == np.float32 and shard["weekly_sales"].dtype == np.float64
+        joined = pd.concat(shards).sort_values([TIMESTAMP, "store_dept"]).reset_index(drop=True)
+        assert len(joined) == len(whole) and not joined.duplicated(["store_dept", TIMESTAMP]).any()
+        np.testing.assert_array_equal(joined["weekly_sales"], whole["weekly_sales"])
+        for column in ("store_dept", "sales_lag_1", "temperature", "sales_velocity", "markdown3"):
+            np.testing.assert_allclose(joined[column].astype(float), whole[column].astype(float), rtol=1e-6,
+                                       equal_nan=True, err_msg=column)
+
     # The colliding pair kept their own histories.
     for store, dept in ((1, 12), (11, 2)):
         mine = from_pg[from_pg["store_dept"] == store_dept(store, dept)]
@@ -98,7 +113,7 @@ def test_postgres_store_matches_duckdb_and_pandas(pg, tmp_path, run_salesfc):
     # prep again: the same tables, nothing doubled.
     run_salesfc("prep", *source, "--workdir", str(tmp_path / "pg"), "--feature-store", "postgres", env=env)
     with server.connect(database) as conn:
-        assert {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables} == counts
+        assert {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in names} == counts
 
 
 def test_train_infer_check_on_postgres(pg, tmp_path, run_salesfc):

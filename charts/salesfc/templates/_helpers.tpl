@@ -357,6 +357,8 @@ env:
     value: {{ $t.epochs | int64 | quote }}
   - name: SALESFC_BATCH_SIZE
     value: {{ $t.batchSize | int64 | quote }}
+  - name: SALESFC_ROWS_PER_READ
+    value: {{ $t.rowsPerRead | int64 | quote }}
   - name: SALESFC_LR
     value: {{ $t.lr | toString | quote }}
   - name: SALESFC_WEIGHT_DECAY

@@ -16,7 +16,10 @@ Store, department, week of year and store type are categorical (a store id with 
 is a number). A small search (``PEER_GRID``) is fitted on the training weeks, each with early stopping on the
 validation weeks, and the one with the lowest validation WMAE forecasts; the weeks being forecast play no part.
 Its forecasts are cached per data version, split and settings (``<workdir>/baselines/``, parquet and JSON: no
-pickled model on a shared volume), so `infer` and `backtest` fit it once.
+pickled model on a shared volume), so `infer` and `backtest` fit it once. On data of more than ``PEER_MAX_ROWS``
+label rows, `infer` fits it on a sample of whole series (one part of the series hash, about that many rows; it
+still forecasts every series): the trees need their whole training matrix in one process, in float64, and a chain
+of thousands of stores would not fit in one pod's memory.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ PEER_GRID = (
 )
 PEER_MAX_ITER = 3000
 PEER_PATIENCE = 30
+PEER_MAX_ROWS = 1_000_000
+
+
+def peer_parts(label_rows: int) -> int:
+    """Into how many parts of series the label rows are cut for the peer's sample (1: no sample, every series)."""
+    return max(1, math.ceil(label_rows / PEER_MAX_ROWS))
 
 
 def _first_known(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -111,7 +120,7 @@ def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int) -> 
     sklearn_version = importlib.metadata.version("scikit-learn")
 
     blob = json.dumps({"data": data, "split": split, "preprocess": preprocessor.params, "grid": PEER_GRID,
-                       "max_iter": PEER_MAX_ITER, "patience": PEER_PATIENCE, "seed": seed,
+                       "max_iter": PEER_MAX_ITER, "patience": PEER_PATIENCE, "seed": seed, "max_rows": PEER_MAX_ROWS,
                        "sklearn": sklearn_version}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from salesfc import distributed, statistics
+from salesfc.distributed import Context
 from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP
 
@@ -100,17 +102,25 @@ class Preprocessor:
 
     # -- fitting (training rows only) ------------------------------------------------------------------------
     @classmethod
-    def fit(cls, train: pd.DataFrame) -> "Preprocessor":
+    def fit(cls, train: pd.DataFrame, context: Context | None = None) -> "Preprocessor":
+        """Fit on the training rows: ``train`` whole, or, with a distributed ``context``, each rank's own shard of
+        them, every statistic reduced over the ranks so that every rank gets what a fit on all the rows gives."""
+        context = context or distributed.alone()
         columns = [c for c in train.columns if c not in NOT_FEATURES and c not in CATEGORIES
                    and pd.api.types.is_numeric_dtype(train[c])]
-        dept_scale = (train.assign(abs_sales=train["weekly_sales"].abs()).groupby("dept")["abs_sales"].median()
-                      .clip(lower=SCALE_FLOOR))
+        # The department's median |sales| (the scale of a series without history), and the median of all rows.
+        depts = statistics.union(context, (int(d) for d in train["dept"].unique()))
+        group = np.searchsorted(depts, train["dept"].to_numpy(dtype=np.int64))
+        abs_sales = np.abs(train["weekly_sales"].to_numpy(dtype=np.float64))
+        middle = statistics.medians(context, np.concatenate([abs_sales, abs_sales]),
+                                    np.concatenate([group, np.full(len(group), len(depts))]), len(depts) + 1)
         params = {
             "scale": {"sources": SCALE_SOURCES, "floor": SCALE_FLOOR,
-                      "dept_fallback": {str(int(k)): float(v) for k, v in dept_scale.items()},
-                      "global_fallback": float(max(SCALE_FLOOR, train["weekly_sales"].abs().median()))},
+                      "dept_fallback": {str(dept): float(max(SCALE_FLOOR, value))
+                                        for dept, value in zip(depts, middle[:-1])},
+                      "global_fallback": float(max(SCALE_FLOOR, middle[-1]))},
             # A list, not a mapping: its order is the order of the model's embedding tables.
-            "categories": [{"name": name, "values": cls._vocabulary(train, name)} for name in CATEGORIES],
+            "categories": [{"name": name, "values": cls._vocabulary(train, name, context)} for name in CATEGORIES],
             "inputs": [],
             "dropped_inputs": [],
         }
@@ -119,32 +129,33 @@ class Preprocessor:
         for column in columns:
             kind = TRANSFORMS.get(column, "plain")
             raw = pre._raw(train, column, kind, scale)
-            finite = raw[np.isfinite(raw)]
-            std = float(finite.std()) if len(finite) > 1 else 0.0
-            if std < 1e-9:
+            mean, std, count = statistics.mean_std(context, raw)
+            if count < 2 or std < 1e-9:
                 # Never varies in training (markdowns before they existed, say): nothing to learn from, and a value
                 # first seen at forecast time would only push an untrained weight.
                 params["dropped_inputs"].append(column)
                 continue
-            params["inputs"].append({"column": column, "transform": kind, "mean": float(finite.mean()), "std": std,
-                                     "missing_flag": bool(np.isnan(raw).any())})
+            params["inputs"].append({"column": column, "transform": kind, "mean": mean, "std": std,
+                                     "missing_flag": statistics.any_true(context, bool(np.isnan(raw).any()))})
         # Series that sold a negative amount (returns) in training may again; the others' forecasts are floored at 0.
         negative = train.loc[train["weekly_sales"] < 0, "store_dept"].unique()
-        params["may_go_negative"] = sorted(int(key) for key in negative)
-        log_scale = np.log(scale)
-        params["log_scale"] = {"mean": float(log_scale.mean()), "std": float(log_scale.std() or 1.0)}
-        params["weight_mean"] = float(pre._weight(train, scale).mean())
+        params["may_go_negative"] = statistics.union(context, (int(key) for key in negative))
+        mean, std, _ = statistics.mean_std(context, np.log(scale))
+        params["log_scale"] = {"mean": mean, "std": std or 1.0}
+        weight = pre._weight(train, scale)
+        total, rows = context.sum_array([weight.sum(), len(weight)])
+        params["weight_mean"] = float(total / rows)
         return pre
 
     @staticmethod
-    def _vocabulary(train: pd.DataFrame, name: str) -> list:
+    def _vocabulary(train: pd.DataFrame, name: str, context: Context) -> list:
         if name == "week_of_year":
             return list(range(1, 54))  # every week, seen in training or not
         if name == "holiday_code":
             return list(range(5))  # every holiday, seen in training or not
         if name == "store_type":
-            return sorted(str(v) for v in train[name].dropna().unique())
-        return sorted(int(v) for v in train[name].unique())
+            return statistics.union(context, (str(v) for v in train[name].dropna().unique()))
+        return statistics.union(context, (int(v) for v in train[name].unique()))
 
     # -- applying ---------------------------------------------------------------------------------------------
     def scale(self, frame: pd.DataFrame) -> np.ndarray:

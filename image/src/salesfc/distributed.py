@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -60,6 +61,29 @@ class Context:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
 
+    def all_reduce_min(self, value: float) -> float:
+        return -self.all_reduce_max(-value)
+
+    def sum_array(self, values) -> "np.ndarray":
+        """The element-wise sum over ranks of a float64 numpy array (counts stay exact up to 2**53)."""
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(self.device)
+        return self.all_reduce_sum(tensor).cpu().numpy()
+
+    def all_gather_json(self, value) -> list:
+        """Every rank passes a JSON-able value; every rank returns all of them, in rank order."""
+        if not self.distributed:
+            return [value]
+        payload = json.dumps(value).encode()
+        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(payload)], dtype=torch.int64, device=self.device))
+        longest = max(int(size.item()) for size in sizes)
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else mine[:0]
+        gathered = [torch.empty(longest, dtype=torch.uint8, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine.to(self.device))
+        return [json.loads(data[:int(size.item())].cpu().numpy().tobytes().decode())
+                for data, size in zip(gathered, sizes)]
+
     def broadcast_tensor(self, tensor: torch.Tensor | None, shape=None, dtype=None) -> torch.Tensor:
         """Rank 0 passes the tensor; the others pass its shape and dtype and receive it."""
         if not self.distributed:
@@ -86,6 +110,12 @@ class Context:
         """True only if every rank says True: decisions that must not diverge (stop, resume)."""
         values = self.all_reduce_sum(torch.tensor([0.0 if flag else 1.0], device=self.device))
         return bool(values.item() == 0)
+
+
+def alone(device: torch.device | None = None) -> Context:
+    """A world of one, for code that reduces over ranks when it runs in a single process (every collective is a
+    no-op)."""
+    return Context(0, 1, 0, device or torch.device("cpu"))
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import io
 import logging
+import math
 import os
 import sys
 import time
@@ -316,24 +317,55 @@ def materialize(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> None:
         store.feast.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
 
 
-def historical_features(store: Store, labels: pd.DataFrame | None = None, since: pd.Timestamp | None = None
-                        ) -> pd.DataFrame:
+def label_rows(store: Store, since: pd.Timestamp | None = None) -> int:
+    """How many label rows (training examples) the store holds, of every week or of ``since`` and later."""
+    if store.location.kind == "file":
+        import pyarrow.parquet as pq
+
+        path = store.location.parquet(LABELS)
+        if since is None:
+            return pq.ParquetFile(path).metadata.num_rows
+        weeks = pq.read_table(path, columns=[TIMESTAMP]).column(0).to_pandas()
+        return int((weeks >= since).sum())
+    with store.endpoints[0].connect() as conn:
+        return int(conn.execute(_labels_query("count(*)", since)).fetchone()[0])
+
+
+def _labels_query(columns: str, since: pd.Timestamp | None = None, part: tuple[int, int] | None = None) -> str:
+    """SQL over the labels table in PostgreSQL: the label rows of ``since`` and later, of part i of n of the series."""
+    conditions = []
+    if since is not None:
+        conditions.append(f"{TIMESTAMP} >= '{pd.Timestamp(since).isoformat()}'::timestamptz")
+    if part is not None:
+        conditions.append(f"{tables.series_part_sql('store_dept', part[1])} = {int(part[0])}")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f'SELECT {columns} FROM "{Location.pg_table(LABELS)}"{where}'
+
+
+def historical_features(store: Store, labels: pd.DataFrame | None = None, since: pd.Timestamp | None = None,
+                        part: tuple[int, int] | None = None) -> pd.DataFrame:
     """The training set: every label row with its point-in-time features, exactly one row per label row.
 
     With the DuckDB store the entity rows are the labels frame; with PostgreSQL they are a query over the labels
     table (the store embeds it, instead of inserting the rows one by one). ``since`` keeps the label rows of that
-    week and later only: an evaluation reads the weeks it scores, not the whole history.
+    week and later only: an evaluation reads the weeks it scores, not the whole history. ``part`` = (i, n) keeps
+    the series of part i of n (tables.series_part): one rank's shard, or one read of it.
     """
     fs = store.feast
     if store.location.kind == "postgres":
-        entity_df = f'SELECT * FROM "{Location.pg_table(LABELS)}"'
-        if since is not None:
-            entity_df += f" WHERE {TIMESTAMP} >= '{pd.Timestamp(since).isoformat()}'::timestamptz"
+        entity_df = _labels_query("*", since, part)
         expected = None
     else:
         entity_df = read_labels(store) if labels is None else labels
+        keep = np.ones(len(entity_df), dtype=bool)
         if since is not None:
-            entity_df = entity_df[entity_df[TIMESTAMP] >= since].reset_index(drop=True)
+            keep &= (entity_df[TIMESTAMP] >= since).to_numpy()
+        if part is not None:
+            keep &= tables.series_part(entity_df["store_dept"], part[1]) == part[0]
+        if len(entity_df) and not keep.any():  # no series in this part: the columns a read gives, no rows
+            return historical_features(store, labels=entity_df.iloc[:1]).iloc[:0]
+        if not keep.all():
+            entity_df = entity_df[keep].reset_index(drop=True)
         expected = len(entity_df)
     plan = on_demand_plan(store)
     with _quiet():
@@ -354,6 +386,45 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
         raise RuntimeError(f"feature retrieval returned {len(frame)} rows with {duplicated} duplicated entity rows "
                            f"for {expected or 'the'} label rows: the point-in-time join is broken")
     return frame
+
+
+def reads_per_shard(store: Store, world_size: int, rows_per_read: int, since: pd.Timestamp | None = None) -> int:
+    """How many reads of about ``rows_per_read`` label rows each rank's shard takes (the same on every rank)."""
+    return max(1, math.ceil(label_rows(store, since) / world_size / max(1, rows_per_read)))
+
+
+def shard_features(store: Store, rank: int, world_size: int, reads: int = 1, on_read=None,
+                   since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The label rows of one shard of the series (part ``rank`` of ``world_size``; 0 of 1 for all of them) with their
+    features, read a slice of series at a time (``since``: of that week and later, as historical_features).
+
+    A read's peak is several times the rows it returns (the join, Feast's frame, the on-demand columns), so the
+    shard is read in ``reads`` parts (reads_per_shard), and each part's float64 features are kept as float32 (the
+    network's precision) before the next is read: memory grows with the shard, not the data. The label and its
+    timestamp stay exact. ``on_read()`` is called after each read."""
+    labels = None
+    if store.location.kind == "file":
+        labels = read_labels(store)
+        labels = labels[tables.series_part(labels["store_dept"], world_size) == rank].reset_index(drop=True)
+    frames = []
+    for read in range(reads):
+        # Part rank + world_size x read of world_size x reads: within this rank's part, since n divides n x reads.
+        frame = historical_features(store, labels=labels, since=since,
+                                    part=(rank + world_size * read, world_size * reads))
+        frames.append(_compact(frame))
+        del frame
+        if on_read:
+            on_read()
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+# Dollars that are scored, kept exact: the label, and the synthetic data's noiseless expectation (the noise floor).
+KEEP_FLOAT64 = {"weekly_sales", "expected_sales"}
+
+
+def _compact(frame: pd.DataFrame) -> pd.DataFrame:
+    wide = [c for c in frame.columns if frame[c].dtype == np.float64 and c not in KEEP_FLOAT64]
+    return frame.astype({c: np.float32 for c in wide}) if wide else frame
 
 
 @dataclass

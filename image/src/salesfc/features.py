@@ -132,7 +132,9 @@ def engineer(raw: RawData) -> Engineered:
     active = reported[:, max(0, last - ACTIVE_WEEKS + 1):last + 1].any(axis=1)
     wanted = reported.copy()
     wanted[:, last + 1] = active
-    rows_series, rows_week = np.nonzero(wanted)
+    # Week-major: with series_keys sorted, the rows come out in (week, store_dept) order, the tables' order, with no
+    # sort (and no second copy of the table) after.
+    rows_week, rows_series = np.nonzero(wanted.T)
     week_dates = origin + pd.to_timedelta(np.arange(n_weeks) * 7, unit="D")
     row_keys = series_keys[rows_series]
     row_store, row_dept = split_store_dept(row_keys)
@@ -142,8 +144,8 @@ def engineer(raw: RawData) -> Engineered:
         "dept": row_dept,
         TIMESTAMP: utc_weeks(week_dates[rows_week]),
     })
-    for name, values in features.items():
-        history[name] = values[rows_series, rows_week]
+    for name in list(features):  # each grid freed once its column is out: the peak is one grid, not all of them
+        history[name] = features.pop(name)[rows_series, rows_week]
 
     labels = pd.DataFrame({
         "store_dept": keys,
@@ -164,7 +166,7 @@ def engineer(raw: RawData) -> Engineered:
                         f"{first[TIMESTAMP]:%Y-%m-%d} ({len(missing)} store-weeks missing); the features table must "
                         "cover every week with sales and the week after")
     return Engineered(
-        sales_history=history.sort_values([TIMESTAMP, "store_dept"], kind="stable").reset_index(drop=True),
+        sales_history=history,
         store_context=context,
         labels=labels,
         first_week=origin,

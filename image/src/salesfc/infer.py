@@ -123,10 +123,15 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
                             for q, values in bands.items() if q != 0.5}})
 
 
-def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace
-             ) -> tuple[dict, pd.DataFrame]:
+def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
+             rows_per_read: int = 1_000_000) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
-    test = feature_store.historical_features(store, since=split.test_start)
+    # The held-out weeks and, the first time, the peer's training weeks: in reads of about rows_per_read rows.
+    reads = feature_store.reads_per_shard(store, 1, rows_per_read, since=split.test_start)
+    test = feature_store.shard_features(store, 0, 1, reads, since=split.test_start)
+    # In week, then series order, as one read returns them (the report's tables and plots follow the rows).
+    test = test.take(np.lexsort((test["store_dept"].to_numpy(dtype=np.int64), test[TIMESTAMP].array.asi8)))
+    test = test.reset_index(drop=True)
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
     bands = forecaster.predict_quantiles(test)
@@ -135,7 +140,12 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     # features of the training weeks are read only for the one run that fits the peer.
     peer = baselines.cached_peer(forecaster.preprocessor, test, **peer_args)
     if peer is None:
-        known = feature_store.historical_features(store)
+        parts = baselines.peer_parts(feature_store.label_rows(store))
+        if parts > 1:
+            log.info("tree peer: fitted on 1/%d of the series (about %s label rows; baselines.PEER_MAX_ROWS)", parts,
+                     f"{baselines.PEER_MAX_ROWS:,}")
+        reads = feature_store.reads_per_shard(store, parts, rows_per_read)
+        known = feature_store.shard_features(store, 0, parts, reads)
         part = split.part(known[TIMESTAMP])
         peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
     labels = feature_store.read_labels(store)
@@ -224,7 +234,7 @@ def run(config) -> int:
     tick = time.perf_counter()
     # Minutes on full data the first time (the held-out weeks through Feast, the tree peer's search).
     with progress.stage("evaluating on the held-out weeks (features, baselines, tree peer)"):
-        result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace)
+        result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace, config.rows_per_read)
     timings["evaluation"] = time.perf_counter() - tick
     result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(forecast),
                   data=manifest["source"])

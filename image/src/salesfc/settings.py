@@ -229,6 +229,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grad_clip", "Gradient clipping: maximum global norm (0 turns it off).", 1.0, non_negative_float,
             commands=TRAIN),
     Setting("seed", "Training seed (weights, shuffling).", 0, int, commands=TRAIN),
+    Setting("rows_per_read", "Training set: label rows per Feast read. Each training process reads only its own "
+            "series, in reads of about this many rows (a read's peak memory is several times its rows); backtest "
+            "and infer's tree peer read the same way.", 1_000_000,
+            positive_int, commands=TRAIN + INFER),
     Setting("val_weeks", "Weeks before the held-out test weeks used for early stopping.", 13, positive_int,
             commands=TRAIN),
     Setting("test_weeks", "Final weeks held out from training and model selection; infer evaluates on them.",

@@ -39,6 +39,24 @@ def split_store_dept(key) -> tuple[np.ndarray, np.ndarray]:
     return key // DEPT_BASE, key % DEPT_BASE
 
 
+# Series are dealt to parts (training ranks, and reads within a rank) by a multiplicative hash of their key: the
+# key's own low digits are its department, and departments differ in size by orders of magnitude. The high 16 bits
+# of the 32-bit product, so the parts do not follow the key's parity. Written once for numpy and once for SQL;
+# a test checks that both give each series the same part.
+_HASH_MULTIPLIER = 2654435761
+
+
+def series_part(key, parts: int) -> np.ndarray:
+    """The part (0 .. parts - 1) of each store_dept key."""
+    key = np.asarray(key, dtype=np.int64)
+    return ((key * _HASH_MULTIPLIER) % (1 << 32)) // (1 << 16) % parts
+
+
+def series_part_sql(column: str, parts: int) -> str:
+    """The same part as an SQL expression on a bigint column (PostgreSQL)."""
+    return f"((({column} * {_HASH_MULTIPLIER}) % {1 << 32}) / {1 << 16}) % {int(parts)}"
+
+
 @dataclass(frozen=True)
 class Location:
     """Where the offline store reads the tables: 'file' (parquet in data_dir) or 'postgres'."""

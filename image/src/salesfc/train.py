@@ -4,10 +4,12 @@ Started three ways: ``salesfc train`` (one process), ``salesfc train --nproc-per
 local processes), or ``torchrun -m salesfc train`` (what the TrainJob runs; torchrun reads the PET_* variables
 the Kubeflow Trainer sets, so one node or many).
 
-Rank 0 reads the training set through Feast once, fits the preprocessing on training rows only, and broadcasts
-the arrays; every rank keeps them on its device and trains on its own shard of each epoch's shuffle, drawing
-batches by indexing those tensors (no DataLoader, no per-sample Python). Validation sums are all-reduced, so
-every rank sees the same validation loss and stops at the same epoch. Rank 0 writes a checkpoint every epoch
+Each rank reads only its own shard of the series through Feast (feature_store.shard_features), in reads of a
+bounded size, so no process ever holds the whole training set. The preprocessing is fitted on training rows only,
+every statistic reduced over the ranks (salesfc.statistics), so it is the one a single process would fit on all the
+rows. Every rank keeps its arrays on its device and draws each epoch's batches from a shuffle of its own rows by
+indexing those tensors (no DataLoader, no per-sample Python). Validation sums are all-reduced, so every rank sees
+the same validation loss and stops at the same epoch. Rank 0 writes a checkpoint every epoch
 (``checkpoint.pt``, for resuming after a restart) and the best epoch so far (``model.pt``), both atomically.
 """
 
@@ -24,11 +26,12 @@ from contextlib import nullcontext
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from salesfc import cpus, distributed, metrics, progress, settings, trainer_status
+from salesfc import cpus, distributed, metrics, progress, settings, statistics, trainer_status
 from salesfc import model as model_lib
 from salesfc.dataset import Preprocessor, Split
 from salesfc.errors import UserError
@@ -47,6 +50,7 @@ EMA_DECAY = 0.998
 MIN_STEPS_PER_EPOCH = 32  # small data: a smaller batch rather than an epoch of 3 steps
 LOSS_SUMS = 2       # weighted loss, weight
 DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout masks from seed + r x this
+SHUFFLE_SEED_STRIDE = 7_919      # and shuffles its rows with seed + r x this
 
 
 def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tensor:
@@ -62,7 +66,7 @@ def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> t
 
 
 @torch.no_grad()
-def calibrate_band(path, arrays: dict) -> dict:
+def calibrate_band(path, arrays: dict, context: distributed.Context | None = None) -> dict:
     """Widen the saved model's quantile band until it holds its nominal share of the validation weeks.
 
     The band's layer learns on the training rows, where the median network's errors are smaller than on weeks it
@@ -71,26 +75,30 @@ def calibrate_band(path, arrays: dict) -> dict:
     every one above it up by the same amount, in units of the row's scale, the smallest that puts the nominal share
     of validation actuals inside. It only widens, so quantiles never cross. Weeks further from the training data
     than the validation weeks have larger errors still, which this does not see (bench/README.md has the
-    backtest's coverage)."""
+    backtest's coverage). Every rank scores its own validation rows; rank 0 saves the widened model."""
+    context = context or distributed.alone()
     network, checkpoint = model_lib.load(path)
     quantiles = network.quantiles
     nominal = quantiles[-1] - quantiles[0]
     numeric, categories = arrays["val_numeric"].cpu(), arrays["val_categories"].cpu()
     target = arrays["val_target"].cpu().double()
     bands = torch.cat([network(numeric[i:i + 65_536], categories[i:i + 65_536], quantiles=True)
-                       for i in range(0, len(target), 65_536)]).double()
-    outside = torch.maximum(bands[:, 0] - target, target - bands[:, -1])  # > 0: the actual is outside the band
-    rows = len(target)
+                       for i in range(0, len(target), 65_536)]
+                      or [torch.zeros(0, len(quantiles))]).double()
+    outside = torch.maximum(bands[:, 0] - target, target - bands[:, -1]).numpy()  # > 0: the actual is outside
+    rows = int(context.sum_array([len(outside)])[0])
     level = min(1.0, math.ceil((rows + 1) * nominal) / rows)  # the finite-sample correction
-    widen = max(0.0, float(torch.quantile(outside, level)))
-    config = {**checkpoint["MODEL_CONFIG"], "band_widen": widen}
-    model_lib.save(path, {**checkpoint, "MODEL_CONFIG": config})
+    widen = max(0.0, statistics.quantile(context, outside, level))
+    inside = context.sum_array([(outside <= 0).sum(), (outside <= widen).sum()]) / rows
     result = {"nominal": round(nominal, 6), "widen": widen, "validation_rows": rows,
-              "validation_coverage_before": float((outside <= 0).double().mean()),
-              "validation_coverage_after": float((outside <= widen).double().mean())}
-    log.info("quantile band: %.1f%% of the validation actuals inside before, %.1f%% after widening by %.4f x scale "
-             "(nominal %.0f%%)", 100 * result["validation_coverage_before"], 100 * result["validation_coverage_after"],
-             widen, 100 * nominal)
+              "validation_coverage_before": float(inside[0]), "validation_coverage_after": float(inside[1])}
+    if context.is_main:
+        config = {**checkpoint["MODEL_CONFIG"], "band_widen": widen}
+        model_lib.save(path, {**checkpoint, "MODEL_CONFIG": config})
+        log.info("quantile band: %.1f%% of the validation actuals inside before, %.1f%% after widening by %.4f x "
+                 "scale (nominal %.0f%%)", 100 * result["validation_coverage_before"],
+                 100 * result["validation_coverage_after"], widen, 100 * nominal)
+    context.barrier()
     return result
 
 
@@ -151,11 +159,16 @@ class Trainer:
         self.average_steps = 0
         self.optimizer = make_optimizer(network, config.lr, config.weight_decay)
         self.arrays = arrays
+        # Each rank trains on its own series. An epoch is as many steps as the smallest shard holds (every rank must
+        # take part in every step's all-reduce); the larger shards draw that many of their rows afresh each epoch.
         self.train_rows = int(arrays["train_numeric"].shape[0])
-        per_rank_rows = self.train_rows // context.world_size
+        per_rank_rows = int(context.all_reduce_min(self.train_rows))
+        if per_rank_rows == 0:
+            raise UserError(f"a training process has no training rows: {context.world_size} processes share too few "
+                            "series; train with fewer processes (--nproc-per-node, the TrainJob's nodes) or more data")
         self.per_rank_batch = max(1, min(config.batch_size // context.world_size,
                                          per_rank_rows // MIN_STEPS_PER_EPOCH))
-        self.steps_per_epoch = max(1, self.train_rows // context.world_size // self.per_rank_batch)
+        self.steps_per_epoch = max(1, per_rank_rows // self.per_rank_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         # Linear warm-up over the first epoch (lr x (step + 1) / warmup), then a cosine down to 0 at the last step.
         warmup = WARMUP_EPOCHS * self.steps_per_epoch
@@ -184,12 +197,10 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------------------
     def shard(self, epoch: int) -> torch.Tensor:
-        """This rank's rows of the epoch's shuffle: the same permutation on every rank, cut in equal parts."""
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(self.train_rows, generator=generator)
-        per_rank = self.steps_per_epoch * self.per_rank_batch
-        start = self.context.rank * per_rank
-        return order[start:start + per_rank].to(self.device)
+        """This rank's rows for the epoch: a shuffle of its own rows, as many as the epoch's steps take."""
+        seed = self.config.seed * 100_003 + epoch + SHUFFLE_SEED_STRIDE * self.context.rank
+        order = torch.randperm(self.train_rows, generator=torch.Generator().manual_seed(seed))
+        return order[:self.steps_per_epoch * self.per_rank_batch].to(self.device)
 
     def train_epoch(self, epoch: int, bar: progress.Progress) -> float:
         self.network.train()
@@ -233,12 +244,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Loss and dollar metrics on the validation weeks, identical on every rank."""
+        """Loss and dollar metrics on the validation weeks of every rank's series, identical on every rank."""
         self.average.eval()
         a = self.arrays
-        n = a["val_numeric"].shape[0]
-        per_rank = math.ceil(n / self.context.world_size)
-        lo, hi = self.context.rank * per_rank, min(n, (self.context.rank + 1) * per_rank)
+        lo, hi = 0, a["val_numeric"].shape[0]  # this rank's own validation rows; the sums are reduced below
         loss_sum = torch.zeros(LOSS_SUMS, device=self.device, dtype=torch.float64)
         parts = []
         for start in range(lo, hi, 65_536):
@@ -346,31 +355,45 @@ class Trainer:
                 "train_seconds": round(elapsed, 2), "samples_per_second": round(samples / elapsed) if elapsed else None}
 
 
-def load_training_arrays(config, manifest: dict) -> tuple[dict, dict, Preprocessor, Split]:
-    """Rank 0: the training set through Feast, split by date, preprocessed. Returns numpy arrays and metadata."""
+def load_training_arrays(config, manifest: dict, context: distributed.Context | None = None
+                         ) -> tuple[dict, dict, Preprocessor, Split]:
+    """This rank's shard of the training set (its own series) through Feast, split by date, preprocessed with
+    statistics reduced over every rank. Returns numpy arrays and metadata, the same metadata on every rank."""
     from salesfc import feature_store
 
+    context = context or distributed.alone()
     store = feature_store.open_store(config)
     tick = time.perf_counter()
-    with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)"):
-        frame = feature_store.historical_features(store)
-    retrieval_seconds = time.perf_counter() - tick
+    reads = feature_store.reads_per_shard(store, context.world_size, config.rows_per_read)
+    with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)",
+                        total=reads, unit="read", enabled=context.is_main) as bar:
+        frame = feature_store.shard_features(store, context.rank, context.world_size, reads, on_read=bar.update)
+    retrieval_seconds = context.all_reduce_max(time.perf_counter() - tick)
     current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
-    if current is None or current["fingerprint"] != manifest["fingerprint"]:
+    if not context.agree(current is not None and current["fingerprint"] == manifest["fingerprint"]):
         raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
-    log.info("read %d training rows through Feast (%s offline store) in %.1f s", len(frame), store.location.kind,
-             retrieval_seconds)
-    split = Split.from_weeks(frame[TIMESTAMP], config.val_weeks, config.test_weeks)
-    arrays, preprocessor, rows = training_arrays(frame, split)
+    # Every rank cuts at the same weeks: those of the whole set, not of its own series.
+    weeks = statistics.union(context, (int(week) for week in frame[TIMESTAMP].unique().as_unit("ns").asi8))
+    split = Split.from_weeks(pd.Series(pd.to_datetime(weeks, unit="ns", utc=True)), config.val_weeks,
+                             config.test_weeks)
+    arrays, preprocessor, rows = training_arrays(frame, split, context)
+    del frame
+    if context.is_main:
+        log.info("read %d training rows through Feast (%s offline store) in %.1f s, %s", sum(rows.values()),
+                 store.location.kind, retrieval_seconds,
+                 f"{context.world_size} processes each their own series" if context.distributed else "one process")
     info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind, "rows": rows}
     return arrays, info, preprocessor, split
 
 
-def training_arrays(frame, split: Split) -> tuple[dict, Preprocessor, dict]:
+def training_arrays(frame, split: Split, context: distributed.Context | None = None
+                    ) -> tuple[dict, Preprocessor, dict]:
     """The training and validation weeks of ``frame`` as the network's arrays, preprocessing fitted on training
-    weeks only. Weeks from ``split.test_start`` on are not read at all."""
+    weeks only (on every rank's rows, with a distributed ``context``). Weeks from ``split.test_start`` on are not
+    read at all. The row counts are those of all ranks."""
+    context = context or distributed.alone()
     part = split.part(frame[TIMESTAMP])
-    preprocessor = Preprocessor.fit(frame[part == 0])
+    preprocessor = Preprocessor.fit(frame[part == 0], context)
     arrays = {}
     for name, code in (("train", 0), ("val", 1)):
         rows = frame[part == code]
@@ -380,20 +403,14 @@ def training_arrays(frame, split: Split) -> tuple[dict, Preprocessor, dict]:
         if name == "val":
             arrays["val_scale"] = batch.scale
             arrays["val_holiday"] = rows["is_holiday"].to_numpy(dtype=np.float64)
-    rows = {"train": int((part == 0).sum()), "val": int((part == 1).sum()), "test": int((part == 2).sum())}
-    return arrays, preprocessor, rows
+    counts = context.sum_array([(part == code).sum() for code in range(3)])
+    return arrays, preprocessor, dict(zip(("train", "val", "test"), (int(c) for c in counts)))
 
 
-def share_arrays(context: distributed.Context, arrays: dict | None) -> dict:
-    """Broadcast rank 0's numpy arrays to every rank as tensors on its device."""
-    layout = context.broadcast_json({k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}
-                                    if context.is_main else None)
-    shared = {}
-    for name, (shape, dtype) in layout.items():
-        torch_dtype = getattr(torch, dtype)
-        tensor = torch.from_numpy(arrays[name]) if context.is_main else None
-        shared[name] = context.broadcast_tensor(tensor, tuple(shape), torch_dtype)
-    return shared
+def on_device(context: distributed.Context, arrays: dict) -> dict:
+    """This rank's numpy arrays as tensors on its device (shared with numpy on the CPU, not copied)."""
+    return {name: torch.from_numpy(np.ascontiguousarray(values)).to(context.device)
+            for name, values in arrays.items()}
 
 
 def train(config) -> int:
@@ -412,10 +429,9 @@ def _train(config, context: distributed.Context, manifest: dict) -> int:
     if context.agree((run_dir / "training.json").exists()):
         log.info("run %s has already finished training (%s); nothing to do", run_id, run_dir / "training.json")
         return 0
-    prepared = None
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        prepared = load_training_arrays(config, manifest)
+    prepared = load_training_arrays(config, manifest, context)
     summary = fit_run(config, context, run_dir, prepared, manifest["fingerprint"])
     if context.is_main:
         write_text(workspace.models / "LATEST", run_id + "\n")
@@ -433,17 +449,18 @@ def run_settings(config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.values().items()
             if k in {s.name for s in settings.for_command("train")}
             and k not in {"workdir", "feature_repo", "wait_timeout", "log_level", "nproc_per_node", "run_id",
-                          "data_id"}}
+                          "data_id", "rows_per_read"}}
 
 
 def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) -> dict | None:
-    """Train one run into ``run_dir`` (model.pt, checkpoint.pt, preprocess.json, training.json) from rank 0's
-    ``prepared`` = (arrays, info, preprocessor, split); the other ranks pass None. Returns the summary on rank 0.
-    Shared by `train` (the deployed model) and `backtest` (one run per fold)."""
+    """Train one run into ``run_dir`` (model.pt, checkpoint.pt, preprocess.json, training.json) from each rank's
+    ``prepared`` = (arrays, info, preprocessor, split): the rank's own rows, the preprocessing and metadata every
+    rank shares. Returns the summary on rank 0. Shared by `train` (the deployed model) and `backtest` (one run per
+    fold)."""
     started = time.perf_counter()
-    arrays = meta = None
+    arrays, info, preprocessor, split = prepared
+    meta = None
     if context.is_main:
-        arrays, info, preprocessor, split = prepared
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
                                               config.embed_dim, config.hidden, config.dropout, config.members,
                                               config.quantiles)
@@ -451,17 +468,18 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
                 "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size}}
         write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
     meta = context.broadcast_json(meta)
-    shared = share_arrays(context, arrays)
+    shared = on_device(context, arrays)
     trainer = Trainer(config, context, run_dir, shared, meta)
     if context.is_main:
         log.info("training %s: %d train rows, %d validation rows, %d processes on %s, batch %d per process, %d "
-                 "steps per epoch", run_dir.name, trainer.train_rows, shared["val_numeric"].shape[0],
+                 "steps per epoch", run_dir.name, info["rows"]["train"], info["rows"]["val"],
                  context.world_size, context.device, trainer.per_rank_batch, trainer.steps_per_epoch)
     result = trainer.fit()
+    if len(meta["model_config"].get("quantiles", [0.5])) > 1:
+        context.barrier()  # rank 0 has written the best epoch's model.pt, which every rank now reads
+        result["band"] = calibrate_band(run_dir / "model.pt", shared, context)
     if not context.is_main:
         return None
-    if len(meta["model_config"].get("quantiles", [0.5])) > 1:
-        result["band"] = calibrate_band(run_dir / "model.pt", shared)
     summary = {"run_id": run_dir.name, "status": "finished", **result, **meta["info"], "split": meta["split"],
                "model_config": meta["model_config"], "settings": meta["run"]["settings"],
                "world_size": context.world_size, "device": str(context.device),
