@@ -14,8 +14,8 @@ stops a stage that runs longer (its whole process group) and reports its figures
 
     python bench/scale.py [--sizes 1,3,10] [--epochs 2]     # in `make bench`
     python bench/scale.py --sizes 30                          # 30x (1,350 stores, ~13M rows): its own command,
-                                                              # not in `make bench`; from the 10x peaks it needs
-                                                              # 30-45 GiB in one process until the stages shard
+                                                              # not in `make bench` (~16 min here; 9.1 GiB in the
+                                                              # largest process, bench/README.md)
     python bench/scale.py --sizes 1,30                        # the same with 1x beside it, for the growth ratios
     python bench/scale.py --stage-timeout 900                 # bound each stage (the first infer at 10x: 13 min here)
 """

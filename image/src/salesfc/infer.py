@@ -124,7 +124,7 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
-             rows_per_read: int = 1_000_000) -> tuple[dict, pd.DataFrame]:
+             rows_per_read: int = 500_000) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
     # The held-out weeks and, the first time, the peer's training weeks: in reads of about rows_per_read rows.
     reads = feature_store.reads_per_shard(store, 1, rows_per_read, since=split.test_start)
