@@ -76,3 +76,29 @@ def test_next_week_forecasts_every_series_from_current_rows(monkeypatch):
     assert list(zip(out["store"], out["dept"])) == [(1, 1), (2, 7)]
     assert (out["week"] == week).all() and (out["predicted_sales"] == 100.0).all()
     assert not [c for c in forecaster.rows.columns if c.endswith("__ts")]  # timestamps are not features
+
+
+def test_forecasts_in_slices_are_the_forecasts_of_all_rows_at_once(tmp_path, monkeypatch):
+    """The network sees the rows a slice at a time (memory), which must not change a forecast or its order."""
+    from salesfc import features, model as model_lib
+    from salesfc.data import synthetic
+    from salesfc.dataset import Preprocessor, Split
+    from salesfc.tables import TIMESTAMP
+
+    engineered = features.engineer(synthetic.generate("tiny", seed=2))
+    frame = engineered.labels.merge(engineered.sales_history, on=["store_dept", "store", "dept", TIMESTAMP])
+    frame = frame.merge(engineered.store_context, on=["store", TIMESTAMP])
+    split = Split.from_weeks(frame[TIMESTAMP], val_weeks=13, test_weeks=26)
+    pre = Preprocessor.fit(frame[split.part(frame[TIMESTAMP]) == 0])
+    config = model_lib.model_config(pre.n_numeric, pre.cardinalities, 4, [16], 0.0, members=2,
+                                    quantiles=(0.1, 0.5, 0.9))
+    model_lib.save(tmp_path / "model.pt", {"MODEL_STATE": model_lib.build(config).state_dict(), "MODEL_CONFIG": config})
+    write_json(tmp_path / "preprocess.json", {**pre.params, "split": split.to_json(), "data": "d"})
+    forecaster = infer.Forecaster(tmp_path)
+    whole = forecaster.predict_quantiles(frame)
+    monkeypatch.setattr(infer, "PREDICT_ROWS", 1_000)  # the frame's 5,785 rows in 6 slices, the last one short
+    sliced = forecaster.predict_quantiles(frame)
+    assert list(sliced) == [0.1, 0.5, 0.9] and len(frame) > 5 * infer.PREDICT_ROWS
+    for q in whole:
+        np.testing.assert_allclose(sliced[q], whole[q], rtol=1e-5, atol=1e-3)
+    assert forecaster.predict_quantiles(frame.iloc[:0])[0.5].shape == (0,)
