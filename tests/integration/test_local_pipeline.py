@@ -150,6 +150,32 @@ def test_training_reads_equal_feasts_own_on_demand_path(demo):
                 feasts[column].astype(object).where(feasts[column].notna(), None).tolist(), column
 
 
+def test_training_never_reads_the_held_out_weeks(demo, monkeypatch):
+    """The split is cut from the labels' weeks before any feature is read, and every read of the training set
+    stops before the first held-out week; the row counts still name the held-out rows."""
+    from salesfc import cli, feature_store, settings, train
+    from salesfc.tables import TIMESTAMP
+    from salesfc.workspace import read_json
+
+    workdir, _ = demo
+    args = cli.build_parser().parse_args(["train", "--workdir", str(workdir), "--rows-per-read", "1500"])
+    config = settings.Config("train", settings.resolve(args, "train"))
+    reads = []
+    original = feature_store.historical_features
+
+    def recorded(store, **options):
+        frame = original(store, **options)
+        reads.append(frame[TIMESTAMP].max())
+        return frame
+
+    monkeypatch.setattr(feature_store, "historical_features", recorded)
+    arrays, info, _, split = train.load_training_arrays(config, read_json(workdir / "data" / "prep.json"))
+    assert len(reads) > 1 and max(reads) < split.test_start  # several reads of at most 1,500 rows
+    assert f"{split.test_start:%Y-%m-%d}" == read_json(workdir / "models" / "tiny-demo" / "training.json")[
+        "split"]["test_start"]
+    assert info["rows"]["test"] > 0 and len(arrays["train_target"]) == info["rows"]["train"]
+
+
 def test_check_passes_and_fails_for_the_right_reason(demo, run_salesfc):
     workdir, _ = demo
     # Tiny data is 45 series: enough to beat last value and seasonal naive (asserted above), not always the

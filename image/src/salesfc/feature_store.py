@@ -317,25 +317,50 @@ def materialize(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> None:
         store.feast.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
 
 
-def label_rows(store: Store, since: pd.Timestamp | None = None) -> int:
-    """How many label rows (training examples) the store holds, of every week or of ``since`` and later."""
+def label_weeks(store: Store) -> pd.Series:
+    """Every week the labels hold, in order, as UTC timestamps."""
+    if store.location.kind == "file":
+        import pyarrow.parquet as pq
+
+        weeks = pq.read_table(store.location.parquet(LABELS), columns=[TIMESTAMP]).column(0).to_pandas()
+    else:
+        with store.endpoints[0].connect() as conn:
+            weeks = pd.Series([row[0] for row in conn.execute(_labels_query(f"DISTINCT {TIMESTAMP}"))])
+    return pd.to_datetime(weeks, utc=True).drop_duplicates().sort_values().reset_index(drop=True)
+
+
+def label_rows(store: Store, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None) -> int:
+    """How many label rows (training examples) the store holds, in the weeks from ``since`` and before ``until``."""
     if store.location.kind == "file":
         import pyarrow.parquet as pq
 
         path = store.location.parquet(LABELS)
-        if since is None:
+        if since is None and until is None:
             return pq.ParquetFile(path).metadata.num_rows
         weeks = pq.read_table(path, columns=[TIMESTAMP]).column(0).to_pandas()
-        return int((weeks >= since).sum())
+        return int(_in_weeks(weeks, since, until).sum())
     with store.endpoints[0].connect() as conn:
-        return int(conn.execute(_labels_query("count(*)", since)).fetchone()[0])
+        return int(conn.execute(_labels_query("count(*)", since, until)).fetchone()[0])
 
 
-def _labels_query(columns: str, since: pd.Timestamp | None = None, part: tuple[int, int] | None = None) -> str:
-    """SQL over the labels table in PostgreSQL: the label rows of ``since`` and later, of part i of n of the series."""
+def _in_weeks(weeks: pd.Series, since: pd.Timestamp | None, until: pd.Timestamp | None) -> np.ndarray:
+    keep = np.ones(len(weeks), dtype=bool)
+    if since is not None:
+        keep &= (weeks >= since).to_numpy()
+    if until is not None:
+        keep &= (weeks < until).to_numpy()
+    return keep
+
+
+def _labels_query(columns: str, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None,
+                  part: tuple[int, int] | None = None) -> str:
+    """SQL over the labels table in PostgreSQL: the label rows from ``since``, before ``until``, of part i of n of
+    the series."""
     conditions = []
     if since is not None:
         conditions.append(f"{TIMESTAMP} >= '{pd.Timestamp(since).isoformat()}'::timestamptz")
+    if until is not None:
+        conditions.append(f"{TIMESTAMP} < '{pd.Timestamp(until).isoformat()}'::timestamptz")
     if part is not None:
         conditions.append(f"{tables.series_part_sql('store_dept', part[1])} = {int(part[0])}")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
@@ -343,23 +368,22 @@ def _labels_query(columns: str, since: pd.Timestamp | None = None, part: tuple[i
 
 
 def historical_features(store: Store, labels: pd.DataFrame | None = None, since: pd.Timestamp | None = None,
-                        part: tuple[int, int] | None = None) -> pd.DataFrame:
+                        part: tuple[int, int] | None = None, until: pd.Timestamp | None = None) -> pd.DataFrame:
     """The training set: every label row with its point-in-time features, exactly one row per label row.
 
     With the DuckDB store the entity rows are the labels frame; with PostgreSQL they are a query over the labels
     table (the store embeds it, instead of inserting the rows one by one). ``since`` keeps the label rows of that
-    week and later only: an evaluation reads the weeks it scores, not the whole history. ``part`` = (i, n) keeps
+    week and later only: an evaluation reads the weeks it scores, not the whole history; ``until`` the weeks before
+    it: training never reads the held-out weeks. ``part`` = (i, n) keeps
     the series of part i of n (tables.series_part): one rank's shard, or one read of it.
     """
     fs = store.feast
     if store.location.kind == "postgres":
-        entity_df = _labels_query("*", since, part)
+        entity_df = _labels_query("*", since, until, part)
         expected = None
     else:
         entity_df = read_labels(store) if labels is None else labels
-        keep = np.ones(len(entity_df), dtype=bool)
-        if since is not None:
-            keep &= (entity_df[TIMESTAMP] >= since).to_numpy()
+        keep = _in_weeks(entity_df[TIMESTAMP], since, until)
         if part is not None:
             keep &= tables.series_part(entity_df["store_dept"], part[1]) == part[0]
         if len(entity_df) and not keep.any():  # no series in this part: the columns a read gives, no rows
@@ -388,15 +412,16 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
     return frame
 
 
-def reads_per_shard(store: Store, world_size: int, rows_per_read: int, since: pd.Timestamp | None = None) -> int:
+def reads_per_shard(store: Store, world_size: int, rows_per_read: int, since: pd.Timestamp | None = None,
+                    until: pd.Timestamp | None = None) -> int:
     """How many reads of about ``rows_per_read`` label rows each rank's shard takes (the same on every rank)."""
-    return max(1, math.ceil(label_rows(store, since) / world_size / max(1, rows_per_read)))
+    return max(1, math.ceil(label_rows(store, since, until) / world_size / max(1, rows_per_read)))
 
 
 def shard_features(store: Store, rank: int, world_size: int, reads: int = 1, on_read=None,
-                   since: pd.Timestamp | None = None) -> pd.DataFrame:
+                   since: pd.Timestamp | None = None, until: pd.Timestamp | None = None) -> pd.DataFrame:
     """The label rows of one shard of the series (part ``rank`` of ``world_size``; 0 of 1 for all of them) with their
-    features, read a slice of series at a time (``since``: of that week and later, as historical_features).
+    features, read a slice of series at a time (``since`` and ``until``: the weeks, as historical_features).
 
     A read's peak is several times the rows it returns (the join, Feast's frame, the on-demand columns), so the
     shard is read in ``reads`` parts (reads_per_shard), and each part's float64 features are kept as float32 (the
@@ -409,7 +434,7 @@ def shard_features(store: Store, rank: int, world_size: int, reads: int = 1, on_
     frames = []
     for read in range(reads):
         # Part rank + world_size x read of world_size x reads: within this rank's part, since n divides n x reads.
-        frame = historical_features(store, labels=labels, since=since,
+        frame = historical_features(store, labels=labels, since=since, until=until,
                                     part=(rank + world_size * read, world_size * reads))
         frames.append(_compact(frame))
         del frame

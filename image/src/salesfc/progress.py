@@ -55,7 +55,7 @@ class Progress:
                              dynamic_ncols=True)
             self._redirect.enter_context(logging_redirect_tqdm())
         elif enabled:
-            log.info("%s ...%s", what, f" ({total:,} {unit}s)" if total else "")
+            log.info("%s ...%s", what, f" ({_count(total, unit)})" if total else "")
 
     def update(self, steps: int = 1) -> None:
         with self._lock:
@@ -83,12 +83,12 @@ class Progress:
     def status(self, now: float | None = None) -> str:
         elapsed = (self.clock() if now is None else now) - self.started
         if not self.total:
-            return f"{self.done:,} {self.unit}s, {elapsed:.0f} s so far" if self.done else \
+            return f"{_count(self.done, self.unit)}, {elapsed:.0f} s so far" if self.done else \
                 f"still running, {elapsed:.0f} s so far"
         share = self.done / self.total
         left = elapsed / share - elapsed if share > 0 else None
         eta = f", about {left:.0f} s left" if left is not None and self.done < self.total else ""
-        return f"{self.done:,} of {self.total:,} {self.unit}s ({share:.0%}), {elapsed:.0f} s so far{eta}"
+        return f"{self.done:,} of {_count(self.total, self.unit)} ({share:.0%}), {elapsed:.0f} s so far{eta}"
 
     def close(self) -> float:
         elapsed = self.clock() - self.started
@@ -97,6 +97,10 @@ class Progress:
             self._bar.close()
             self._bar = None
         return elapsed
+
+
+def _count(number: int, unit: str) -> str:
+    return f"{number:,} {unit}{'' if number == 1 else 's'}"
 
 
 def _is_terminal(stream) -> bool:

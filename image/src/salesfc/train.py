@@ -363,25 +363,27 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
 
     context = context or distributed.alone()
     store = feature_store.open_store(config)
+    # The split comes first, from the weeks of every label (not the rank's own series): the held-out weeks are then
+    # never read.
+    split = Split.from_weeks(feature_store.label_weeks(store), config.val_weeks, config.test_weeks)
     tick = time.perf_counter()
-    reads = feature_store.reads_per_shard(store, context.world_size, config.rows_per_read)
+    reads = feature_store.reads_per_shard(store, context.world_size, config.rows_per_read, until=split.test_start)
     with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)",
                         total=reads, unit="read", enabled=context.is_main) as bar:
-        frame = feature_store.shard_features(store, context.rank, context.world_size, reads, on_read=bar.update)
+        frame = feature_store.shard_features(store, context.rank, context.world_size, reads, on_read=bar.update,
+                                             until=split.test_start)
     retrieval_seconds = context.all_reduce_max(time.perf_counter() - tick)
     current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
     if not context.agree(current is not None and current["fingerprint"] == manifest["fingerprint"]):
         raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
-    # Every rank cuts at the same weeks: those of the whole set, not of its own series.
-    weeks = statistics.union(context, (int(week) for week in frame[TIMESTAMP].unique().as_unit("ns").asi8))
-    split = Split.from_weeks(pd.Series(pd.to_datetime(weeks, unit="ns", utc=True)), config.val_weeks,
-                             config.test_weeks)
     arrays, preprocessor, rows = training_arrays(frame, split, context)
     del frame
+    rows["test"] = feature_store.label_rows(store, since=split.test_start)
     if context.is_main:
-        log.info("read %d training rows through Feast (%s offline store) in %.1f s, %s", sum(rows.values()),
-                 store.location.kind, retrieval_seconds,
-                 f"{context.world_size} processes each their own series" if context.distributed else "one process")
+        log.info("read %d training and validation rows through Feast (%s offline store) in %.1f s, %s; the %d "
+                 "held-out rows are not read", rows["train"] + rows["val"], store.location.kind, retrieval_seconds,
+                 f"{context.world_size} processes each their own series" if context.distributed else "one process",
+                 rows["test"])
     info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind, "rows": rows}
     return arrays, info, preprocessor, split
 
