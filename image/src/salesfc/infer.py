@@ -132,7 +132,7 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
-             rows_per_read: int = 500_000) -> tuple[dict, pd.DataFrame]:
+             rows_per_read: int) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
     # The held-out weeks and, the first time, the peer's training weeks: in reads of about rows_per_read rows.
     reads = feature_store.reads_per_shard(store, 1, rows_per_read, since=split.test_start)
@@ -152,8 +152,8 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
         if parts > 1:
             log.info("tree peer: fitted on 1/%d of the series (about %s label rows; baselines.PEER_MAX_ROWS)", parts,
                      f"{baselines.PEER_MAX_ROWS:,}")
-        reads = feature_store.reads_per_shard(store, parts, rows_per_read)
-        known = feature_store.shard_features(store, 0, parts, reads)
+        reads = feature_store.reads_per_shard(store, parts, rows_per_read, until=split.test_start)
+        known = feature_store.shard_features(store, 0, parts, reads, until=split.test_start)
         part = split.part(known[TIMESTAMP])
         peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
     labels = feature_store.read_labels(store)
