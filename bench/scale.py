@@ -146,7 +146,8 @@ def retrieve(workdir: Path) -> None:
     rows_per_read = settings.Config.defaults("train").rows_per_read
 
     def whole_in_reads(store, _labels):
-        return feature_store.shard_features(store, 0, 1, feature_store.reads_per_shard(store, 1, rows_per_read))
+        rows = int(feature_store.label_counts(store).sum())
+        return feature_store.shard_features(store, 0, 1, feature_store.reads_per_shard(rows, 1, rows_per_read))
 
     seconds, frame, entity_rows = timed_retrieval(store_config(workdir, "local"), whole_in_reads)
     print(json.dumps({"read_seconds": seconds, "entity_rows": entity_rows, "rows": len(frame)}))

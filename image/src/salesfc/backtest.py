@@ -221,7 +221,7 @@ def run(config) -> int:
     workspace = config.workspace
     manifest = wait_for_manifest(workspace, config.data_id, config.wait_timeout)
     store = feature_store.open_store(config)
-    reads = feature_store.reads_per_shard(store, 1, config.rows_per_read)
+    reads = feature_store.reads_per_shard(int(feature_store.label_counts(store).sum()), 1, config.rows_per_read)
     with progress.stage("reading every week through Feast", total=reads, unit="read") as bar:
         frame = feature_store.shard_features(store, 0, 1, reads, on_read=bar.update)
     folds = make_folds(frame[TIMESTAMP], config.folds, config.fold_weeks, config.val_weeks)

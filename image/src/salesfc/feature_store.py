@@ -317,38 +317,32 @@ def materialize(store: Store, start: pd.Timestamp, end: pd.Timestamp) -> None:
         store.feast.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
 
 
-def label_weeks(store: Store) -> pd.Series:
-    """Every week the labels hold, in order, as UTC timestamps."""
+def label_counts(store: Store) -> pd.Series:
+    """Label rows per week: the index is every week the labels hold (UTC, in order). One read of the labels'
+    timestamps, or one GROUP BY: what sizes the reads and cuts the split before any feature is read."""
     if store.location.kind == "file":
         import pyarrow.parquet as pq
 
         weeks = pq.read_table(store.location.parquet(LABELS), columns=[TIMESTAMP]).column(0).to_pandas()
+        counts = pd.to_datetime(weeks, utc=True).value_counts()
     else:
         with store.endpoints[0].connect() as conn:
-            weeks = pd.Series([row[0] for row in conn.execute(_labels_query(f"DISTINCT {TIMESTAMP}"))])
-    return pd.to_datetime(weeks, utc=True).drop_duplicates().sort_values().reset_index(drop=True)
+            found = conn.execute(_labels_query(f"{TIMESTAMP}, count(*)") + f" GROUP BY {TIMESTAMP}").fetchall()
+        counts = pd.Series([n for _, n in found], index=pd.to_datetime([week for week, _ in found], utc=True))
+    return counts.sort_index().astype(np.int64)
 
 
-def label_rows(store: Store, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None) -> int:
-    """How many label rows (training examples) the store holds, in the weeks from ``since`` and before ``until``."""
-    if store.location.kind == "file":
-        import pyarrow.parquet as pq
-
-        path = store.location.parquet(LABELS)
-        if since is None and until is None:
-            return pq.ParquetFile(path).metadata.num_rows
-        weeks = pq.read_table(path, columns=[TIMESTAMP]).column(0).to_pandas()
-        return int(_in_weeks(weeks, since, until).sum())
-    with store.endpoints[0].connect() as conn:
-        return int(conn.execute(_labels_query("count(*)", since, until)).fetchone()[0])
+def rows_in_weeks(counts: pd.Series, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None) -> int:
+    """How many of the label rows ``counts`` (label_counts) fall in the weeks from ``since`` and before ``until``."""
+    return int(counts[_in_weeks(counts.index, since, until)].sum())
 
 
-def _in_weeks(weeks: pd.Series, since: pd.Timestamp | None, until: pd.Timestamp | None) -> np.ndarray:
+def _in_weeks(weeks, since: pd.Timestamp | None, until: pd.Timestamp | None) -> np.ndarray:
     keep = np.ones(len(weeks), dtype=bool)
     if since is not None:
-        keep &= (weeks >= since).to_numpy()
+        keep &= np.asarray(weeks >= since)
     if until is not None:
-        keep &= (weeks < until).to_numpy()
+        keep &= np.asarray(weeks < until)
     return keep
 
 
@@ -400,11 +394,8 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
     # PostgreSQL returns naive UTC timestamps, DuckDB aware ones: make them one thing.
     if not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
         frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
-    week = frame[TIMESTAMP].array.asi8
-    key = frame["store_dept"].to_numpy(dtype=np.int64)
-    order = np.lexsort((key, week))
-    frame = frame.take(order).reset_index(drop=True)
-    week, key = week[order], key[order]
+    frame = in_table_order(frame)
+    week, key = frame[TIMESTAMP].array.asi8, frame["store_dept"].to_numpy(dtype=np.int64)
     duplicated = int(((week[1:] == week[:-1]) & (key[1:] == key[:-1])).sum())
     if duplicated or (expected is not None and len(frame) != expected):
         raise RuntimeError(f"feature retrieval returned {len(frame)} rows with {duplicated} duplicated entity rows "
@@ -412,10 +403,16 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
     return frame
 
 
-def reads_per_shard(store: Store, world_size: int, rows_per_read: int, since: pd.Timestamp | None = None,
-                    until: pd.Timestamp | None = None) -> int:
-    """How many reads of about ``rows_per_read`` label rows each rank's shard takes (the same on every rank)."""
-    return max(1, math.ceil(label_rows(store, since, until) / world_size / max(1, rows_per_read)))
+def in_table_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows by week, then series: the order of the tables and of one read."""
+    order = np.lexsort((frame["store_dept"].to_numpy(dtype=np.int64), frame[TIMESTAMP].array.asi8))
+    return frame.take(order).reset_index(drop=True)
+
+
+def reads_per_shard(rows: int, world_size: int, rows_per_read: int) -> int:
+    """How many reads of about ``rows_per_read`` label rows each rank's shard of ``rows`` takes (the same on every
+    rank)."""
+    return max(1, math.ceil(rows / world_size / max(1, rows_per_read)))
 
 
 def shard_features(store: Store, rank: int, world_size: int, reads: int = 1, on_read=None,

@@ -135,11 +135,11 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
              rows_per_read: int) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
     # The held-out weeks and, the first time, the peer's training weeks: in reads of about rows_per_read rows.
-    reads = feature_store.reads_per_shard(store, 1, rows_per_read, since=split.test_start)
-    test = feature_store.shard_features(store, 0, 1, reads, since=split.test_start)
-    # In week, then series order, as one read returns them (the report's tables and plots follow the rows).
-    test = test.take(np.lexsort((test["store_dept"].to_numpy(dtype=np.int64), test[TIMESTAMP].array.asi8)))
-    test = test.reset_index(drop=True)
+    counts = feature_store.label_counts(store)
+    reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, since=split.test_start), 1,
+                                          rows_per_read)
+    # In the order of one read (the report's tables and plots follow the rows).
+    test = feature_store.in_table_order(feature_store.shard_features(store, 0, 1, reads, since=split.test_start))
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
     bands = forecaster.predict_quantiles(test)
@@ -148,11 +148,12 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     # features of the training weeks are read only for the one run that fits the peer.
     peer = baselines.cached_peer(forecaster.preprocessor, test, **peer_args)
     if peer is None:
-        parts = baselines.peer_parts(feature_store.label_rows(store))
+        parts = baselines.peer_parts(int(counts.sum()))
         if parts > 1:
             log.info("tree peer: fitted on 1/%d of the series (about %s label rows; baselines.PEER_MAX_ROWS)", parts,
                      f"{baselines.PEER_MAX_ROWS:,}")
-        reads = feature_store.reads_per_shard(store, parts, rows_per_read, until=split.test_start)
+        reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, until=split.test_start), parts,
+                                              rows_per_read)
         known = feature_store.shard_features(store, 0, parts, reads, until=split.test_start)
         part = split.part(known[TIMESTAMP])
         peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)

@@ -365,9 +365,11 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     store = feature_store.open_store(config)
     # The split comes first, from the weeks of every label (not the rank's own series): the held-out weeks are then
     # never read.
-    split = Split.from_weeks(feature_store.label_weeks(store), config.val_weeks, config.test_weeks)
+    counts = feature_store.label_counts(store)
+    split = Split.from_weeks(pd.Series(counts.index), config.val_weeks, config.test_weeks)
     tick = time.perf_counter()
-    reads = feature_store.reads_per_shard(store, context.world_size, config.rows_per_read, until=split.test_start)
+    reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, until=split.test_start),
+                                          context.world_size, config.rows_per_read)
     with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)",
                         total=reads, unit="read", enabled=context.is_main) as bar:
         frame = feature_store.shard_features(store, context.rank, context.world_size, reads, on_read=bar.update,
@@ -378,7 +380,7 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
         raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
     arrays, preprocessor, rows = training_arrays(frame, split, context)
     del frame
-    rows["test"] = feature_store.label_rows(store, since=split.test_start)
+    rows["test"] = feature_store.rows_in_weeks(counts, since=split.test_start)
     if context.is_main:
         log.info("read %d training and validation rows through Feast (%s offline store) in %.1f s, %s; the %d "
                  "held-out rows are not read", rows["train"] + rows["val"], store.location.kind, retrieval_seconds,
