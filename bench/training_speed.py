@@ -16,6 +16,10 @@ The limit: the network's forward+backward FLOPs per sample (3 x 2 x its multiply
 plain float32 matrix product measured in this run on the same cores, so samples/s x FLOPs/sample / that FLOP/s
 is the fraction of the machine the loop uses.
 
+The cost of horizons: salesfc's loop on one process with the default one-week network and with a 13-week one
+(``--horizons 1,13``: the same origin rows, each with 13 targets and the decoder of salesfc.model), seconds per epoch
+side by side.
+
     python bench/training_speed.py                      # CPU: 1 and 2 processes
     python bench/training_speed.py --device cuda --epochs 10 --procs 1     # the GPU figure (10 epochs)
 """
@@ -41,18 +45,19 @@ from salesfc import distributed, progress, settings, train  # noqa: E402
 from salesfc import model as model_lib  # noqa: E402
 from salesfc.workspace import read_json  # noqa: E402
 
-ARRAYS = ("train_numeric", "train_categories", "train_target", "train_weight")
+ARRAYS = ("train_numeric", "train_categories", "train_days", "train_target", "train_weight")
+ARRAYS_FORMAT = 2  # the cache's layout: 2 = targets (rows, horizon) and the rows' days
 
 
 def train_config(**changes) -> settings.Config:
     return settings.Config.defaults("train", **changes)
 
 
-def training_arrays(workdir: Path) -> tuple[Path, dict]:
-    """The full-size training arrays, as `salesfc train` prepares them, cached as .npy files."""
-    config = train_config(workdir=str(workdir))
+def training_arrays(workdir: Path, horizon: int = 1) -> tuple[Path, dict]:
+    """The full-size training arrays, as `salesfc train --horizon H` prepares them, cached as .npy files."""
+    config = train_config(workdir=str(workdir), horizon=horizon)
     manifest = read_json(config.workspace.manifest)
-    folder = CACHE / "speed" / manifest["fingerprint"][:16]
+    folder = CACHE / "speed" / f"{manifest['fingerprint'][:16]}-v{ARRAYS_FORMAT}-h{horizon}"
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         arrays, _, preprocessor, _ = train.load_training_arrays(config, manifest)
@@ -60,7 +65,7 @@ def training_arrays(workdir: Path) -> tuple[Path, dict]:
         for name in ARRAYS:
             np.save(folder / f"{name}.npy", arrays[name])
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities, config.embed_dim,
-                                              config.hidden, config.dropout)
+                                              config.hidden, config.dropout, horizon=horizon)
         meta_path.write_text(json.dumps({"model_config": model_config}))
     return folder, json.loads(meta_path.read_text())
 
@@ -126,14 +131,14 @@ def loader_loop(context, arrays: dict, meta: dict, config, steps: int, kind: str
     warmup, done, tick = 10, 0, None
     ddp.train()
     while done < warmup + steps:
-        for numeric, categories, target, weight in loader:
+        for numeric, categories, days, target, weight in loader:
             if done == warmup:
                 synchronize(context.device)
                 tick = time.perf_counter()
-            numeric, categories = numeric.to(context.device), categories.to(context.device)
+            numeric, categories, days = (t.to(context.device) for t in (numeric, categories, days))
             target, weight = target.to(context.device), weight.to(context.device)
             with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                prediction = ddp(numeric, categories)
+                prediction = ddp(numeric, categories, days)
             loss = (train.quantile_loss(prediction.float(), target, 0.5) * weight).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -205,6 +210,8 @@ def main() -> None:
                         help="timed steps of each DataLoader loop (after 10)")
     parser.add_argument("--batch-size", type=int, default=train_config().batch_size)
     parser.add_argument("--dropout", type=float, default=train_config().dropout)
+    parser.add_argument("--horizons", default="1,13", help="horizons whose epoch cost is compared (one process; "
+                        "empty: none)")
     args = parser.parse_args()
 
     workdir = prepared("full")
@@ -242,6 +249,18 @@ def main() -> None:
     print("plain: a per-row Dataset with the default collation (the seed's loop, a weak reference); batched: the same "
           "DataLoader handing out whole batches by tensor indexing (the stronger reference)")
     print("goal on CPU: >= 1.5x the plain loop and >= 50% of the limit")
+    horizons = [int(h) for h in args.horizons.split(",") if h.strip()]
+    if horizons:
+        costs = []
+        for horizon in horizons:
+            folder_h, meta_h = training_arrays(workdir, horizon)
+            run = measure("salesfc", 1, {**options, "arrays": str(folder_h)})
+            costs.append((horizon, run["seconds"] / args.epochs, model_lib.flops_per_sample(meta_h["model_config"])))
+        base = costs[0][1]
+        print(f"\ncost of the horizon, salesfc's loop on 1 x {args.device}, {rows:,} origin rows per epoch:")
+        print(table([[h, f"{seconds:.2f}", f"{seconds / base:.2f}x", f"{flops:,}"] for h, seconds, flops in costs],
+                    ["horizon (weeks)", "seconds per epoch", f"vs horizon {costs[0][0]}", "FLOPs per origin row"]))
+        print("goal: an epoch at horizon 13 costs < 1.5x one at horizon 1")
 
 
 if __name__ == "__main__":

@@ -336,9 +336,9 @@ def test_postgres_outage_gives_503_then_recovers_without_a_restart(pg, tmp_path,
         service.stop()
 
 
-def test_a_quantile_model_answers_its_band(workspace, run_salesfc):
+def test_a_quantile_model_answers_its_band_at_every_horizon(workspace, run_salesfc):
     run_salesfc("train", "--workdir", str(workspace), "--run-id", "serve-q", "--epochs", "2", "--members", "1",
-                 "--quantiles", "0.1,0.9")
+                 "--quantiles", "0.1,0.9", "--horizon", "3")
     write_atomically(workspace / "models" / "LATEST", f"{RUN}\n")  # the module's server stays on its run
     from salesfc import feature_store, infer, settings
 
@@ -346,17 +346,31 @@ def test_a_quantile_model_answers_its_band(workspace, run_salesfc):
     batch = infer.next_week(feature_store.open_store(config, wait=False),
                             infer.Forecaster(config.workspace.run_dir("serve-q")), manifest(workspace))
     server = Server(workspace, "--run-id", "serve-q")
+    answers = {}
     try:
         server.ready()
-        pairs = list(zip(batch["store"].head(10), batch["dept"].head(10)))
-        status, body, _ = server.post({"rows": [{"store": int(s), "dept": int(d)} for s, d in pairs]})
+        first = batch[batch["horizon"] == 1].head(10)
+        pairs = list(zip(first["store"], first["dept"]))
+        for horizon in (None, 1, 3, 4):
+            body = {"rows": [{"store": int(s), "dept": int(d)} for s, d in pairs]}
+            answers[horizon] = server.post(body if horizon is None else {**body, "horizon": horizon})
     finally:
         server.stop()
-    assert status == 200 and body["run_id"] == "serve-q", body
-    for row, (_, expected) in zip(body["forecasts"], batch.head(10).iterrows()):
-        band = row["quantiles"]
-        assert set(band) == {"p10", "p50", "p90"} and band["p10"] <= band["p50"] <= band["p90"]
-        assert band["p50"] == row["predicted_sales"]
-        # float32 arithmetic over other batch sizes: a few cents apart on the largest series
-        assert band["p10"] == pytest.approx(expected["predicted_sales_p10"], rel=1e-6, abs=0.011)
-        assert band["p90"] == pytest.approx(expected["predicted_sales_p90"], rel=1e-6, abs=0.011)
+    assert answers[None][:2] == answers[1][:2]  # horizon 1 is the default: next week
+    for horizon in (1, 3):
+        status, body, _ = answers[horizon]
+        assert status == 200 and body["run_id"] == "serve-q" and body["horizon"] == horizon, body
+        expected_rows = batch[batch["horizon"] == horizon].head(10)
+        for row, (_, expected) in zip(body["forecasts"], expected_rows.iterrows()):
+            assert (row["store"], row["dept"], row["horizon"]) == (expected["store"], expected["dept"], horizon)
+            assert row["week"] == f"{expected['week']:%Y-%m-%d}"
+            band = row["quantiles"]
+            assert set(band) == {"p10", "p50", "p90"} and band["p10"] <= band["p50"] <= band["p90"]
+            assert band["p50"] == row["predicted_sales"]
+            # float32 arithmetic over other batch sizes: a few cents apart on the largest series
+            assert band["p50"] == pytest.approx(expected["predicted_sales"], rel=1e-6, abs=0.011)
+            assert band["p10"] == pytest.approx(expected["predicted_sales_p10"], rel=1e-6, abs=0.011)
+            assert band["p90"] == pytest.approx(expected["predicted_sales_p90"], rel=1e-6, abs=0.011)
+    status, body, _ = answers[4]
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "horizon"], body
+    assert "--horizon is 3" in body["detail"][0]["msg"]

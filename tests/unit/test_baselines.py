@@ -106,3 +106,22 @@ def test_the_peer_takes_a_category_as_a_number_past_the_trees_limit():
     assert baselines.peer_categorical(categories(254), 10) == [10, 11]
     assert baselines.peer_categorical(categories(255), 10) == [11]
     assert baselines.peer_categorical(categories(4_500), 7) == [8]
+
+
+def test_the_seasonal_naive_of_a_later_week_is_that_week_a_year_before():
+    """At any horizon the seasonal naive is the target week's sales 52 weeks earlier (known at the origin), and at
+    horizon 1 it is the row's own sales_lag_52, what the features computed from their calendar grid."""
+    from salesfc import features
+    from salesfc.data import synthetic
+
+    out = features.engineer(synthetic.generate("tiny", seed=3))
+    rows = out.labels.merge(out.sales_history[["store_dept", TIMESTAMP, *LAGS]], on=["store_dept", TIMESTAMP])
+    seasonal = baselines.year_before(out.labels, rows)
+    lag = rows["sales_lag_52"].to_numpy()
+    np.testing.assert_array_equal(np.isnan(seasonal), np.isnan(lag))
+    np.testing.assert_array_equal(seasonal[~np.isnan(lag)], lag[~np.isnan(lag)])
+    assert (~np.isnan(lag)).sum() > len(rows) / 2
+    # Forecast with naive_forecasts, the given seasonal value is used (falling back to the last value when missing).
+    forecasts, _ = baselines.naive_forecasts(out.labels, rows, seasonal)
+    known = ~np.isnan(seasonal)
+    np.testing.assert_array_equal(forecasts["seasonal_naive"][known], seasonal[known])

@@ -107,3 +107,61 @@ def test_lookup_gives_what_a_dict_gives_row_by_row():
     letters = np.array(["A", "B", "C", "nan", "AB", ""], dtype=object)
     assert Lookup(codes)(letters, 0).tolist() == [2, 3, 1, 0, 0, 0]
     assert Lookup({})(np.array([1, 2]), 0).tolist() == [0, 0]
+
+
+def test_ahead_finds_each_series_own_later_weeks_and_nothing_else(frame):
+    from salesfc.dataset import Ahead
+
+    # Drop some weeks: a gap must read as not reported, never as the next row of the series.
+    gappy = frame.drop(index=frame.index[::7]).reset_index(drop=True)
+    ahead = Ahead.of(gappy, 4)
+    sales = gappy.set_index(["store_dept", TIMESTAMP])["weekly_sales"]
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(gappy), 300, replace=False):
+        for h in range(4):
+            key = (gappy["store_dept"].iloc[i], gappy[TIMESTAMP].iloc[i] + np.timedelta64(7 * h, "D"))
+            assert ahead.found[i, h] == (key in sales.index)
+            if ahead.found[i, h]:
+                assert ahead.sales[i, h] == sales[key]
+            else:
+                assert np.isnan(ahead.sales[i, h]) and ahead.holiday[i, h] == 0
+    assert ahead.found[:, 0].all()  # horizon 1 is the row itself
+    np.testing.assert_array_equal(ahead.sales[:, 0], gappy["weekly_sales"].to_numpy())
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_every_horizon_trains_on_training_weeks_and_validates_on_validation_weeks(frame, horizon):
+    """The leakage test of the targets: at every horizon, a training target is a week before the validation weeks
+    and a validation target one of them (from origins up to horizon - 1 weeks earlier), each the sales of its own
+    series that many weeks after the origin; nothing from the test weeks is a target."""
+    from salesfc.tables import epoch_days
+    from salesfc.train import training_arrays
+
+    split = Split.from_weeks(frame[TIMESTAMP], 13, 26)
+    known = frame[frame[TIMESTAMP] < split.test_start].reset_index(drop=True)
+    arrays, pre, _ = training_arrays(known, split, horizon=horizon)
+    sales = {(k, d): s for k, d, s in zip(known["store_dept"], epoch_days(known[TIMESTAMP]), known["weekly_sales"])}
+    val_day, test_day = epoch_days([split.val_start, split.test_start])
+    for name, low, high in (("train", -np.inf, val_day), ("val", val_day, test_day)):
+        days, weight = arrays[f"{name}_days"], arrays[f"{name}_weight"]
+        assert weight.shape == (len(days), horizon) and (weight.sum(axis=1) > 0).all()
+        target_days = days[:, None] + 7 * np.arange(horizon)
+        counted = weight > 0
+        assert (target_days[counted] >= low).all() and (target_days[counted] < high).all()
+        if name == "train":
+            assert (days < val_day).all()
+        else:  # validation weeks forecast from every origin that reaches them
+            assert days.min() == val_day - 7 * (horizon - 1)
+        # Each counted target is its series' sales in that week, over the origin's scale.
+    rows = known[split.part(known[TIMESTAMP]) == 0]
+    scale = pre.scale(rows)
+    keys = rows["store_dept"].to_numpy()
+    target, weight = arrays["train_target"], arrays["train_weight"]
+    days = arrays["train_days"]
+    for i in np.random.default_rng(1).choice(len(rows), 200, replace=False):
+        for h in range(horizon):
+            if weight[i, h] > 0:
+                expected = sales[(keys[i], days[i] + 7 * h)] / scale[i]
+                assert target[i, h] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            else:
+                assert (keys[i], days[i] + 7 * h) not in sales or days[i] + 7 * h >= val_day

@@ -283,16 +283,19 @@ def test_the_band_widened_over_shards_is_the_one_process_widening(tmp_path):
     network = model_lib.build(config).eval()
     numeric, categories = torch.randn(2001, 4), torch.randint(0, 3, (2001, 1))
     with torch.no_grad():
-        target = (network(numeric, categories) + 5 * torch.randn(2001)).float()
-    arrays = {"val_numeric": numeric, "val_categories": categories, "val_target": target}
+        target = (network(numeric, categories) + 5 * torch.randn(2001, 1)).float()
+    arrays = {"val_numeric": numeric, "val_categories": categories, "val_days": torch.zeros(2001, dtype=torch.long),
+              "val_target": target, "val_weight": torch.ones(2001, 1)}
     for folder in ("sharded", "alone"):
         (tmp_path / folder).mkdir()
         model_lib.save(tmp_path / folder / "model.pt", {"MODEL_STATE": network.state_dict(), "MODEL_CONFIG": config})
     mp.spawn(band_over_shards, args=(free_port(), str(tmp_path / "sharded"), arrays), nprocs=WORLD, join=True)
     alone = train.calibrate_band(tmp_path / "alone" / "model.pt", arrays)
-    assert alone["widen"] > 0 and alone["validation_rows"] == 2001
+    assert alone["widen"][0] > 0 and alone["validation_rows"] == 2001
     for rank in range(WORLD):
         result = json.loads((tmp_path / "sharded" / f"{rank}.json").read_text())
-        assert result == pytest.approx(alone, rel=1e-6)
+        assert result["widen"] == pytest.approx(alone["widen"], rel=1e-6)
+        assert {k: v for k, v in result.items() if k != "widen"} == pytest.approx(
+            {k: v for k, v in alone.items() if k != "widen"}, rel=1e-6)
     saved = model_lib.load(tmp_path / "sharded" / "model.pt")[1]["MODEL_CONFIG"]["band_widen"]
     assert saved == pytest.approx(alone["widen"], rel=1e-6)

@@ -40,12 +40,14 @@ def test_a_run_that_has_not_finished_is_not_used(tmp_path):
 class Recorder:
     """Stands in for the network: records the rows it was asked about."""
 
+    horizon = 1
+
     def __init__(self):
         self.rows = None
 
-    def predict_quantiles(self, frame):
+    def predict_quantiles(self, frame, week=None):
         self.rows = frame
-        return {0.5: np.full(len(frame), 100.0)}
+        return {0.5: np.full((len(frame), self.horizon), 100.0)}
 
 
 def online_rows(keys, weeks: list[pd.Timestamp]) -> dict:
@@ -101,4 +103,4 @@ def test_forecasts_in_slices_are_the_forecasts_of_all_rows_at_once(tmp_path, mon
     assert list(sliced) == [0.1, 0.5, 0.9] and len(frame) > 5 * infer.PREDICT_ROWS
     for q in whole:
         np.testing.assert_allclose(sliced[q], whole[q], rtol=1e-5, atol=1e-3)
-    assert forecaster.predict_quantiles(frame.iloc[:0])[0.5].shape == (0,)
+    assert forecaster.predict_quantiles(frame.iloc[:0])[0.5].shape == (0, 1)

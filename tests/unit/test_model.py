@@ -1,5 +1,6 @@
 """The network and its checkpoint: rebuilt from MODEL_CONFIG, loaded with weights_only."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,10 +69,10 @@ def test_quantile_forecasts_never_cross_and_the_median_is_the_point_forecast(tmp
                 layer.weight.normal_(0, 3)
         bands = network(numeric, categories, quantiles=True)
         members = network(numeric, categories, quantiles=True, per_member=True)
-    assert bands.shape == (200, 3) and members.shape == (3, 200, 3)
-    assert (bands[:, 0] <= bands[:, 1]).all() and (bands[:, 1] <= bands[:, 2]).all()
+    assert bands.shape == (200, 1, 3) and members.shape == (3, 200, 1, 3)
+    assert (bands[..., 0] <= bands[..., 1]).all() and (bands[..., 1] <= bands[..., 2]).all()
     assert (members[..., :-1] <= members[..., 1:]).all()
-    torch.testing.assert_close(network(numeric, categories), bands[:, 1])
+    torch.testing.assert_close(network(numeric, categories), bands[..., 1])
     # The saved model rebuilds with its quantiles.
     path = tmp_path / "model.pt"
     model_lib.save(path, {"MODEL_STATE": network.state_dict(), "MODEL_CONFIG": config})
@@ -131,15 +132,61 @@ def test_the_band_is_widened_to_hold_its_share_of_the_validation_weeks(tmp_path)
     with torch.no_grad():
         median = network(numeric, categories)
     # Actuals spread far wider than the untrained band: most fall outside it.
-    arrays = {"val_numeric": numeric, "val_categories": categories,
-              "val_target": (median + 5 * torch.randn(2000)).float()}
+    arrays = {"val_numeric": numeric, "val_categories": categories, "val_days": torch.zeros(2000, dtype=torch.long),
+              "val_target": (median + 5 * torch.randn(2000, 1)).float(), "val_weight": torch.ones(2000, 1)}
     result = calibrate_band(path, arrays)
-    assert result["validation_coverage_before"] < 0.5 and result["widen"] > 0
+    assert result["validation_coverage_before"] < 0.5 and result["widen"][0] > 0
     assert 0.8 <= result["validation_coverage_after"] < 0.82
     loaded, checkpoint = model_lib.load(path)
     assert checkpoint["MODEL_CONFIG"]["band_widen"] == result["widen"]
     with torch.no_grad():
         before, after = network(numeric, categories, quantiles=True), loaded(numeric, categories, quantiles=True)
-    torch.testing.assert_close(after[:, 1], before[:, 1])  # the point forecast does not move
-    torch.testing.assert_close(after[:, 0], before[:, 0] - result["widen"])
-    torch.testing.assert_close(after[:, 2], before[:, 2] + result["widen"])
+    torch.testing.assert_close(after[..., 1], before[..., 1])  # the point forecast does not move
+    torch.testing.assert_close(after[..., 0], before[..., 0] - result["widen"][0])
+    torch.testing.assert_close(after[..., 2], before[..., 2] + result["widen"][0])
+
+
+def test_a_multi_horizon_network_forecasts_every_week_ahead_with_ordered_quantiles(tmp_path):
+    config = model_lib.model_config(6, [5, 7], 3, [16, 8], 0.0, members=2, quantiles=(0.1, 0.5, 0.9), horizon=13)
+    network = model_lib.build(config).eval()
+    numeric, categories = torch.randn(50, 6) * 5, torch.randint(0, 5, (50, 2))
+    days = torch.full((50,), 15_340)  # 2012-01-01 and on
+    with torch.no_grad():
+        for layer in network.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0, 3)
+        bands = network(numeric, categories, days, quantiles=True)
+        members = network(numeric, categories, days, quantiles=True, per_member=True)
+    assert bands.shape == (50, 13, 3) and members.shape == (2, 50, 13, 3)
+    assert (members[..., :-1] <= members[..., 1:]).all()
+    torch.testing.assert_close(network(numeric, categories, days), bands[..., 1])
+    # Each horizon is its own forecast, not one number repeated.
+    assert (bands[:, 1:, 1] != bands[:, :1, 1]).any()
+    path = tmp_path / "model.pt"
+    model_lib.save(path, {"MODEL_STATE": network.state_dict(), "MODEL_CONFIG": config})
+    loaded, _ = model_lib.load(path)
+    assert loaded.horizon == 13
+    torch.testing.assert_close(loaded(numeric, categories, days, quantiles=True), bands)
+    with pytest.raises(ValueError, match="days"):
+        network(numeric, categories)
+
+
+def test_each_horizon_sees_the_calendar_of_its_own_target_week():
+    import pandas as pd
+
+    from salesfc import features
+    from salesfc.tables import epoch_days
+
+    network = model_lib.build(model_lib.model_config(2, [3], 2, [4], 0.0, horizon=8))
+    origins = pd.Series(pd.to_datetime(["2011-11-04", "2012-12-21", "2010-02-05"]))
+    week, near = network.target_calendar(torch.from_numpy(epoch_days(origins.dt.tz_localize("UTC"))))
+    for h in range(8):
+        target = origins + pd.Timedelta(weeks=h)
+        expected = features.calendar(target)
+        np.testing.assert_array_equal(week[:, h].numpy(), expected["week_of_year"])
+        np.testing.assert_allclose(near[:, h, 0].numpy(), expected["weeks_to_thanksgiving"] / features.HOLIDAY_REACH,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(near[:, h, 1].numpy(), expected["weeks_to_christmas"] / features.HOLIDAY_REACH,
+                                   rtol=1e-6)
+    # Thanksgiving 2011 (Nov 24): the third target week from an origin of Nov 4 (Nov 18) is before it, the fifth after.
+    assert float(near[0, 2, 0]) > 0 > float(near[0, 4, 0])

@@ -35,7 +35,7 @@ def holdout():
     for store, dept, level in ((1, 1, 50_000.0), (1, 2, 5_000.0), (2, 1, 20_000.0), (2, 3, 800.0)):
         for week in weeks:
             actual = level * (1 + 0.1 * rng.standard_normal())
-            rows.append({"store": store, "dept": dept, "week": week, "actual": actual,
+            rows.append({"store": store, "dept": dept, "week": week, "horizon": 1, "actual": actual,
                          "is_holiday": int(week == pd.Timestamp("2012-09-07", tz="UTC")), "expected_sales": level,
                          **{f"forecast_{n}": actual * (1 + 0.05 * rng.standard_normal()) for n in NAMES}})
     return pd.DataFrame(rows)
@@ -44,7 +44,7 @@ def holdout():
 @pytest.fixture
 def forecast():
     return pd.DataFrame({"store": [1, 1, 2, 2], "dept": [1, 2, 1, 3], "week": pd.Timestamp("2012-11-02", tz="UTC"),
-                         "predicted_sales": [51_000.0, 5_100.0, 20_500.0, 790.0]})
+                         "horizon": 1, "predicted_sales": [51_000.0, 5_100.0, 20_500.0, 790.0]})
 
 
 @pytest.fixture
@@ -124,3 +124,18 @@ def test_report_md_has_the_comparison_table_once(result, holdout, forecast, tmp_
     assert "moving average 4 2" in text  # the fallback count
     for name in ("forecast_vs_actual.png", "error_by_week.png", "training.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_a_multi_horizon_report_has_its_table_and_plot_by_horizon(result, holdout, forecast, figures, tmp_path):
+    later = holdout.assign(horizon=2, forecast_model=holdout["forecast_model"] * 1.1)
+    by_horizon = [{"horizon": h, "rows": 40, "wmae": {"model": 1000.0 + 50 * h, "seasonal_naive": 1500.0,
+                                                        "last_value": 1400.0 + 80 * h}} for h in (1, 2)]
+    report.write(tmp_path, {**result, "horizon": 2, "by_horizon": by_horizon}, pd.concat([holdout, later]),
+                 forecast, training(), 2)
+    text = (tmp_path / "report.md").read_text()
+    assert "## By horizon" in text and "![WMAE by horizon](horizons.png)" in text
+    assert text.count("| **model** |") == 1  # the headline table is next week's, once
+    lines = figures["horizons.png"].axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines if line.get_label() == "model"] == [[1050.0, 1100.0]]
+    # The plots of next week's forecasts do not mix in the later horizons.
+    assert len(figures["error_by_week.png"].axes[0].get_lines()[0].get_xdata()) == 10

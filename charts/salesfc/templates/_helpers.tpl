@@ -369,6 +369,10 @@ env:
     value: {{ $t.dropout | toString | quote }}
   - name: SALESFC_EMBED_DIM
     value: {{ $t.embedDim | int64 | quote }}
+  - name: SALESFC_HORIZON
+    value: {{ $t.horizon | int64 | quote }}
+  - name: SALESFC_QUANTILES
+    value: {{ $t.quantiles | join "," | quote }}
   - name: SALESFC_PATIENCE
     value: {{ $t.patience | int64 | quote }}
   - name: SALESFC_GRAD_CLIP

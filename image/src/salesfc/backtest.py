@@ -12,10 +12,13 @@ For each fold, everything is refitted on the weeks before its first week (its cu
 * the tree peer is tuned and early-stopped on the same validation weeks (salesfc.baselines, cached per fold);
 * the naive baselines read lags and the training weeks' series means.
 
-Every forecast is one week ahead, as the deployed model is used: week t's features hold the sales up to t - 1.
-The result is one frame of (cutoff, series, week, actual, one column per forecaster), from which every table and
-plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other weeks,
-mean over folds), ``backtest.md`` and ``backtest.png``.
+A forecast of week t is made from the sales up to t - 1 (one week ahead, as the deployed model is used); with
+``--horizon H`` each fold week is also forecast 2 ... H weeks ahead, from origins up to H - 1 weeks before the cutoff
+(their features end before the cutoff too), and the naive baselines carry their origin's values forward. The tree
+peer forecasts one week ahead. The headline figures are the one-week forecasts; ``by_horizon`` has every horizon.
+The result is one frame of (cutoff, series, week, horizon, actual, one column per forecaster), from which every
+table and plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other
+weeks, mean over folds), ``backtest.md`` and ``backtest.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pandas as pd
 from salesfc import baselines, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
-from salesfc.infer import FLOOR_LABEL, Forecaster, holiday_weeks, score
+from salesfc.infer import FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, peer_at, score
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
@@ -77,7 +80,9 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     from salesfc import train
 
     known = frame[frame[TIMESTAMP] < fold.cutoff]  # the fold's weeks and later are not even passed on
-    rows = frame[(frame[TIMESTAMP] >= fold.cutoff) & (frame[TIMESTAMP] <= fold.last_week)].reset_index(drop=True)
+    since = fold.cutoff - pd.Timedelta(weeks=config.horizon - 1)
+    origins = frame[(frame[TIMESTAMP] >= since) & (frame[TIMESTAMP] <= fold.last_week)].reset_index(drop=True)
+    rows = origins[origins[TIMESTAMP] >= fold.cutoff]
     split = fold.split()
     run_dir = out / fold.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +94,7 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
                 or read_json(run_dir / "preprocess.json")["data"] != data):
             raise UserError(f"{out} holds folds trained with other settings or data; use a new --run-id")
     else:
-        arrays, preprocessor, counts = train.training_arrays(known, split)
+        arrays, preprocessor, counts = train.training_arrays(known, split, horizon=config.horizon)
         train.fit_run(config, context, run_dir, (arrays, {"rows": counts}, preprocessor, split), data)
     forecaster = Forecaster(run_dir)
     model_seconds = time.perf_counter() - tick
@@ -97,7 +102,9 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     tick = time.perf_counter()
     peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
                                cache=config.workspace.baselines, data=data, split=split.to_json())
-    _, table = score(rows, forecaster.predict_quantiles(rows), known[part == 0], peer, has_signal)
+    targets, bands, at = forecast_weeks(forecaster, origins, fold.cutoff, fold.last_week)
+    _, table = score(targets, bands, known[part == 0], peer_at(peer, origins, rows.index, at, targets), has_signal,
+                     baselines.year_before(frame, targets))
     log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",
              f"{fold.last_week:%Y-%m-%d}", model_seconds, time.perf_counter() - tick,
              " (cached)" if peer["cached"] else "")
@@ -105,11 +112,14 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
 
 
 def summarize(table: pd.DataFrame, folds: list[Fold]) -> dict:
-    """Per fold (all weeks, holiday weeks, other weeks) and the mean over folds, for every forecaster."""
+    """Per fold (all weeks, holiday weeks, other weeks) and the mean over folds, for every forecaster, of the
+    one-week-ahead forecasts; with more horizons, ``by_horizon``: the mean over folds of each horizon's WMAE."""
     names = [c.removeprefix("forecast_") for c in table.columns if c.startswith("forecast_")]
     if "expected_sales" in table and table["expected_sales"].notna().all():
         table = table.assign(forecast_noise_floor=table["expected_sales"])
         names.append("noise_floor")
+    ahead = table
+    table = table[table["horizon"] == 1]
 
     def measure(part: pd.DataFrame) -> dict:
         return {name: metrics.evaluate(part["actual"], part[f"forecast_{name}"], part["is_holiday"])
@@ -134,7 +144,51 @@ def summarize(table: pd.DataFrame, folds: list[Fold]) -> dict:
             result_folds[-1]["model_quantiles"] = metrics.intervals(part["actual"], bands, part["is_holiday"])
     mean = {name: {key: statistics.fmean(f["all_weeks"][name][key] for f in result_folds)
                    for key in ("wmae", "mae", "rmse", "mape", "r2")} for name in names}
-    return {"folds": result_folds, "mean": mean, "forecasters": names}
+    result = {"folds": result_folds, "mean": mean, "forecasters": names}
+    if ahead["horizon"].max() > 1:
+        result["by_horizon"] = horizon_summary(ahead, folds, names, band_columns)
+    return result
+
+
+def horizon_summary(table: pd.DataFrame, folds: list[Fold], names: list[str], band_columns: dict) -> list[dict]:
+    """Per horizon, the mean over folds of each forecaster's WMAE (those that forecast that far), and with
+    quantiles of the band's coverage (all weeks, holiday weeks) and pinball losses."""
+    result = []
+    for h, rows in table.groupby("horizon"):
+        per_fold = [rows[rows["cutoff"] == fold.cutoff] for fold in folds]
+        per_fold = [part for part in per_fold if len(part)]
+        entry = {"horizon": int(h), "rows": int(len(rows)), "wmae": {
+            name: statistics.fmean(metrics.evaluate(part["actual"], part[f"forecast_{name}"],
+                                                    part["is_holiday"])["wmae"] for part in per_fold)
+            for name in names if rows[f"forecast_{name}"].notna().all()}}
+        if band_columns:
+            bands = [metrics.intervals(part["actual"], {0.5: part["forecast_model"],
+                                                        **{q: part[c] for q, c in band_columns.items()}},
+                                       part["is_holiday"]) for part in per_fold]
+            holiday = [b["coverage_holiday"] for b in bands if b["coverage_holiday"] is not None]
+            entry["coverage"] = statistics.fmean(b["coverage"] for b in bands)
+            entry["coverage_holiday"] = statistics.fmean(holiday) if holiday else None
+            entry["pinball"] = {name: statistics.fmean(b["pinball"][name] for b in bands) for name in bands[0]["pinball"]}
+        result.append(entry)
+    return result
+
+
+def horizon_lines(summary: dict) -> list[str]:
+    """WMAE by horizon (mean over folds), one line per horizon; with quantiles, the band's coverage."""
+    table = summary.get("by_horizon")
+    if not table:
+        return []
+    names = [n for n in (*COLUMNS, "noise_floor") if n in table[0]["wmae"]]
+    lines = [f"{'horizon (weeks ahead)':<22}" + "".join(f"{n.replace('_', ' ')[:16]:>17}" for n in names)
+             + ("" if "coverage" not in table[0] else f"{'band holds':>12}{'holiday':>9}")]
+    for entry in table:
+        line = f"{entry['horizon']:<22}" + "".join(
+            f"{entry['wmae'][n]:>17,.0f}" if n in entry["wmae"] else f"{'':>17}" for n in names)
+        if "coverage" in entry:
+            holiday = entry["coverage_holiday"]
+            line += f"{entry['coverage']:>12.1%}" + (f"{holiday:>9.1%}" if holiday is not None else f"{'':>9}")
+        lines.append(line)
+    return lines
 
 
 COLUMNS = ("model", baselines.PEER, *baselines.NAIVE)
@@ -202,6 +256,7 @@ def plot(table: pd.DataFrame, summary: dict, path) -> None:
     top.set_title("Rolling-origin backtest: WMAE per fold (each refitted on the weeks before it)")
     top.legend(fontsize=7, ncol=4)
     shown = ["model", baselines.PEER, "seasonal_naive"]
+    table = table[table["horizon"] == 1]
     errors = pd.DataFrame({name: (table[f"forecast_{name}"] - table["actual"]).abs() for name in shown})
     by_week = errors.groupby(table["week"]).mean()
     for name in shown:
@@ -255,12 +310,15 @@ def run(config) -> int:
     write_json(out / "backtest.json", result)
     plot(table, summary, out / "backtest.png")
     lines, holidays = text_table(summary), band_lines(summary) + holiday_lines(summary)
+    horizons = horizon_lines(summary)
     write_text(out / "backtest.md", "\n".join([
         f"# Backtest {backtest_id}", "", f"Data: {manifest['source']}. Weather, fuel, CPI, unemployment and "
         "markdowns of a forecast week are its recorded values (the Kaggle convention), not forecasts of them.", "",
-        "```", *lines, "```", "", *[f"- {line}" for line in holidays], "",
+        "One week ahead:", "", "```", *lines, "```", "", *[f"- {line}" for line in holidays], "",
+        *(["By horizon (WMAE in dollars, mean over folds; the tree peer forecasts one week ahead only):", "", "```",
+           *horizons, "```", ""] if horizons else []),
         f"Model against the tree peer, mean WMAE over folds: {gap:+.1%}.", "", "![backtest](backtest.png)", ""]))
-    for line in lines + holidays:
+    for line in lines + holidays + horizons:
         print("  " + line)
     print(f"backtest: mean WMAE over folds: model ${mean['model']['wmae']:,.0f}, tree peer "
           f"${mean[baselines.PEER]['wmae']:,.0f} ({gap:+.1%}; negative: the model is better)")

@@ -37,7 +37,8 @@ import pandas as pd
 
 from salesfc import progress
 from salesfc.dataset import Preprocessor
-from salesfc.tables import TIMESTAMP
+from salesfc.features import YEAR
+from salesfc.tables import TIMESTAMP, SeriesWeeks, epoch_days
 from salesfc.workspace import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,24 @@ def series_means(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     return np.where(np.isnan(mean), float(train["weekly_sales"].mean()), mean)
 
 
-def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Forecasts of the naive baselines for ``rows``, and how many rows each had to fall back on."""
+def year_before(labels: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """Each row's series' sales 52 weeks before the row's week (NaN where not reported): the seasonal naive forecast
+    at any horizon up to 52 weeks, known at the origin. At horizon 1 it is the row's ``sales_lag_52``."""
+    index = SeriesWeeks(labels["store_dept"], epoch_days(labels[TIMESTAMP]))
+    row, found = index.find(rows["store_dept"], epoch_days(rows[TIMESTAMP]) - 7 * YEAR)
+    return np.where(found, labels["weekly_sales"].to_numpy(dtype=float)[row], np.nan)
+
+
+def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame, seasonal: np.ndarray | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Forecasts of the naive baselines for ``rows``, and how many rows each had to fall back on. The lags are the
+    origin's (a forecast h weeks ahead carries the last value forward h weeks); ``seasonal``, the target week's sales
+    a year before (year_before), defaults to the row's lag 52 (one week ahead)."""
     mean = series_means(train, rows)
     recent = _first_known(rows, ["sales_lag_1", "sales_lag_2", "sales_lag_4", "sales_lag_8"])
     last = np.where(np.isnan(recent), mean, recent)
-    seasonal = rows["sales_lag_52"].to_numpy(dtype=float, na_value=np.nan)
+    if seasonal is None:
+        seasonal = rows["sales_lag_52"].to_numpy(dtype=float, na_value=np.nan)
     average = rows["sales_rolling_mean_4"].to_numpy(dtype=float, na_value=np.nan)
     forecasts = {
         "last_value": last,

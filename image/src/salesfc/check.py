@@ -146,7 +146,8 @@ def run(config) -> int:
         online = state["online_rows"].copy()
         online["dept"] = online["store_dept"] % 1000
         with torch.no_grad():
-            prediction = state["forecaster"].predict(online)
+            week = pd.Timestamp(state["manifest_obj"]["next_week"], tz="UTC")
+            prediction = state["forecaster"].predict(online, week).ravel()
         if not np.isfinite(prediction).all():
             raise Failed("the model predicts non-finite sales for online rows")
         return f"{len(prediction)} online rows predicted, e.g. ${prediction[0]:,.0f}"

@@ -21,7 +21,7 @@ import pandas as pd
 from salesfc import distributed, statistics
 from salesfc.distributed import Context
 from salesfc.errors import UserError
-from salesfc.tables import TIMESTAMP
+from salesfc.tables import TIMESTAMP, SeriesWeeks, epoch_days
 
 SCALE_FLOOR = 10.0
 SCALE_SOURCES = ["sales_rolling_mean_52", "sales_rolling_mean_12", "sales_rolling_mean_8", "sales_rolling_mean_4",
@@ -235,13 +235,64 @@ class Preprocessor:
     def floor(self, frame: pd.DataFrame, forecast: np.ndarray) -> np.ndarray:
         """No negative forecast for a series that never sold a negative amount in training."""
         may = frame["store_dept"].isin(self.params.get("may_go_negative", [])).to_numpy()
+        may = may.reshape(-1, *[1] * (forecast.ndim - 1))  # a row's every horizon
         return np.where(may, forecast, np.maximum(forecast, 0.0))
 
+    def horizon_targets(self, ahead: "Ahead", scale: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Target and weight (rows, horizon) of each row's later weeks, as ``transform`` makes them for the row's own
+        week; both 0 where ``keep`` is False (no sales that week, or a week of another part of the split)."""
+        with np.errstate(invalid="ignore"):
+            target = np.where(keep, ahead.sales / scale[:, None], 0.0).astype(np.float32)
+        weight = self._weight_of(ahead.holiday, scale[:, None]) / self.params["weight_mean"]
+        return target, np.where(keep, weight, 0.0).astype(np.float32)
+
+    @classmethod
+    def _weight(cls, frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
+        return cls._weight_of(frame["is_holiday"].to_numpy(dtype=float), scale)
+
     @staticmethod
-    def _weight(frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
+    def _weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Scale x holiday weight: a loss on the scaled target weighted so is the dollar WMAE."""
-        holiday = frame["is_holiday"].to_numpy(dtype=float) > 0
-        return scale ** WEIGHT_POWER * np.where(holiday, HOLIDAY_WEIGHT, 1.0)
+        return scale ** WEIGHT_POWER * np.where(is_holiday > 0, HOLIDAY_WEIGHT, 1.0)
+
+
+@dataclass
+class Ahead:
+    """What each row of a frame (an origin: its own week is its first target week) finds h - 1 weeks later in the
+    same series, for h = 1 ... horizon: (rows, horizon) arrays. ``found`` is False where the frame has no row for that
+    series and week (not reported, or not read); the other arrays are NaN (0 for the holiday flag) there."""
+
+    days: np.ndarray      # int64 (rows,): each row's own week, days since 1970-01-01
+    found: np.ndarray     # bool
+    sales: np.ndarray     # float64
+    expected: np.ndarray  # float64: the synthetic generator's noiseless sales (NaN on real data)
+    holiday: np.ndarray   # float64 0/1
+
+    def rows(self, chosen: np.ndarray) -> "Ahead":
+        return Ahead(self.days[chosen], self.found[chosen], self.sales[chosen], self.expected[chosen],
+                     self.holiday[chosen])
+
+    @property
+    def target_days(self) -> np.ndarray:
+        return self.days[:, None] + 7 * np.arange(self.found.shape[1])
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, horizon: int) -> "Ahead":
+        days = epoch_days(frame[TIMESTAMP])
+        series = frame["store_dept"].to_numpy(dtype=np.int64)
+        index = SeriesWeeks(series, days)
+        columns = {"sales": frame["weekly_sales"].to_numpy(dtype=np.float64),
+                   "expected": (frame["expected_sales"].to_numpy(dtype=np.float64, na_value=np.nan)
+                                if "expected_sales" in frame else np.full(len(frame), np.nan)),
+                   "holiday": frame["is_holiday"].to_numpy(dtype=np.float64)}
+        found = np.zeros((len(frame), horizon), dtype=bool)
+        out = {name: np.full((len(frame), horizon), np.nan) for name in columns}
+        for h in range(horizon):
+            row, found[:, h] = index.find(series, days + 7 * h)
+            for name, values in columns.items():
+                out[name][:, h] = np.where(found[:, h], values[row], np.nan)
+        out["holiday"] = np.nan_to_num(out["holiday"])
+        return cls(days, found, **out)
 
 
 @dataclass(frozen=True)
@@ -264,6 +315,11 @@ class Split:
     def part(self, weeks: pd.Series) -> np.ndarray:
         """0 = train, 1 = validation, 2 = test, per row."""
         return np.select([weeks < self.val_start, weeks < self.test_start], [0, 1], 2)
+
+    def part_of_days(self, days: np.ndarray) -> np.ndarray:
+        """``part`` of weeks given as days since 1970-01-01 (any shape)."""
+        val_start, test_start = epoch_days([self.val_start, self.test_start])
+        return np.select([days < val_start, days < test_start], [0, 1], 2)
 
     def to_json(self) -> dict:
         return {"val_start": f"{self.val_start:%Y-%m-%d}", "test_start": f"{self.test_start:%Y-%m-%d}",

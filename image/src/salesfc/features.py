@@ -114,6 +114,18 @@ def weeks_to(dates: pd.Series, holiday) -> np.ndarray:
     return np.clip(best, -HOLIDAY_REACH, HOLIDAY_REACH)
 
 
+def christmas(year: int) -> pd.Timestamp:
+    return pd.Timestamp(year=year, month=12, day=25)
+
+
+# The calendar of a week that has not happened yet, from its date alone: what a forecast of a later week knows of it
+# at the origin (salesfc.model looks it up for every target week). The same functions as the store context's columns.
+def calendar(dates: pd.Series) -> dict[str, np.ndarray]:
+    return {"weeks_to_thanksgiving": weeks_to(dates, thanksgiving),
+            "weeks_to_christmas": weeks_to(dates, christmas),
+            "week_of_year": dates.dt.isocalendar().week.astype(np.int64).to_numpy()}
+
+
 def engineer(raw: RawData) -> Engineered:
     sales = raw.sales.sort_values(["store", "dept", "date"], kind="stable").reset_index(drop=True)
     origin = sales["date"].min()
@@ -191,9 +203,7 @@ def store_context(raw: RawData, first: pd.Timestamp, last: pd.Timestamp) -> pd.D
         TIMESTAMP: utc_weeks(ext["date"]),
         "is_holiday": is_holiday,
         "holiday_code": is_holiday * ext["date"].dt.month.map(HOLIDAY_CODES).fillna(0).astype(np.int64).to_numpy(),
-        "weeks_to_thanksgiving": weeks_to(ext["date"], thanksgiving),
-        "weeks_to_christmas": weeks_to(ext["date"], lambda year: pd.Timestamp(year=year, month=12, day=25)),
-        "week_of_year": ext["date"].dt.isocalendar().week.astype(np.int64).to_numpy(),
+        **calendar(ext["date"]),
         "month": ext["date"].dt.month.astype(np.int64).to_numpy(),
     })
     for column in ("temperature", "fuel_price", "cpi", "unemployment", *MARKDOWNS):

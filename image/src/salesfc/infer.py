@@ -1,13 +1,14 @@
 """infer: next week's forecast for every store department, and an honest evaluation of the model.
 
 1. Waits (up to --wait-timeout) for the run's model: ``models/<run-id>/training.json`` marks a finished run.
-2. Forecasts the week after the data from the online store (``get_online_features``): the same features, the
-   same preprocessing and the same network as training.
+2. Forecasts the week after the data (and, trained with ``--horizon H``, the H - 1 weeks after it) from the online
+   store (``get_online_features``): the same features, the same preprocessing and the same network as training.
 3. Evaluates on the held-out test weeks, which neither training nor early stopping saw: the model against the
    naive baselines and the gradient-boosted-trees peer (salesfc.baselines), and against the noise floor when
-   the data is synthetic (the error of predicting the generator's noiseless signal).
-4. Writes ``reports/<run-id>/``: predictions.parquet (next week), holdout_predictions.parquet, metrics.json and
-   report.md with its plots.
+   the data is synthetic (the error of predicting the generator's noiseless signal). With H weeks, each held-out
+   week is also forecast 2 ... H weeks ahead and scored per horizon (``by_horizon``).
+4. Writes ``reports/<run-id>/``: predictions.parquet (next week, every horizon: column ``horizon``),
+   holdout_predictions.parquet, metrics.json and report.md with its plots.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import torch
 
 from salesfc import baselines, feature_store, metrics, progress
 from salesfc import model as model_lib
-from salesfc.dataset import Preprocessor, Split
+from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.data import HOLIDAY_NAMES
 from salesfc.errors import UserError
-from salesfc.tables import TIMESTAMP, split_store_dept, utc_weeks
+from salesfc.tables import EPOCH_DAY, TIMESTAMP, epoch_days, split_store_dept, utc_weeks
 from salesfc.waiting import wait_for
 from salesfc.workspace import Workspace, atomic_path, read_json, shown, wait_for_manifest, write_json
 
@@ -68,23 +69,36 @@ class Forecaster:
     def quantiles(self) -> tuple[float, ...]:
         return self.network.quantiles
 
+    @property
+    def horizon(self) -> int:
+        return self.network.horizon
+
     @torch.no_grad()
-    def predict_quantiles(self, frame: pd.DataFrame) -> dict[float, np.ndarray]:
-        """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles)."""
+    def predict_quantiles(self, frame: pd.DataFrame, week=None) -> dict[float, np.ndarray]:
+        """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles), each
+        (rows, horizon): column h - 1 is the week h - 1 weeks after the row's own, forecast from the sales before
+        the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows)."""
         batch = self.preprocessor.transform(frame)
         numeric, categories = torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)
+        days = None
+        if self.horizon > 1:
+            weeks = frame[TIMESTAMP] if week is None else [week] * len(frame)
+            days = torch.from_numpy(epoch_days(weeks))
         # In slices: the hidden activations of every member for 780K held-out rows (10x the stores) at once took
         # 1.1 GiB above the rest of infer.
         ratio = np.concatenate([self.network(numeric[i:i + PREDICT_ROWS], categories[i:i + PREDICT_ROWS],
+                                             None if days is None else days[i:i + PREDICT_ROWS],
                                              quantiles=True).numpy()
                                 for i in range(0, len(numeric), PREDICT_ROWS)] or
-                               [np.zeros((0, len(self.quantiles)), dtype=np.float32)]).astype(np.float64)
+                               [np.zeros((0, self.horizon, len(self.quantiles)), dtype=np.float32)]
+                               ).astype(np.float64)
         # The floor is monotonic, so floored quantiles stay in order.
-        return {q: self.preprocessor.floor(frame, ratio[:, i] * batch.scale) for i, q in enumerate(self.quantiles)}
+        return {q: self.preprocessor.floor(frame, ratio[..., i] * batch.scale[:, None])
+                for i, q in enumerate(self.quantiles)}
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """The point forecast: the median."""
-        return self.predict_quantiles(frame)[0.5]
+    def predict(self, frame: pd.DataFrame, week=None) -> np.ndarray:
+        """The point forecast: the median, (rows, horizon)."""
+        return self.predict_quantiles(frame, week)[0.5]
 
 
 def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> None:
@@ -117,32 +131,69 @@ def stale_message(week: str, count: int) -> str:
 
 
 def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
+    """The forecast from the online store: every series, the week after the data and the horizon - 1 weeks after it,
+    one row per series and week (``horizon`` 1 is next week), horizon by horizon."""
     keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
     week = pd.Timestamp(manifest["next_week"], tz="UTC")
     online, feature_week = online_rows(store, keys)
     stale = feature_week != int(week.timestamp())
     if stale.any():
         raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
-    bands = forecaster.predict_quantiles(online)
+    bands = forecaster.predict_quantiles(online, week)
     store_ids, depts = split_store_dept(keys)
-    return pd.DataFrame({"store": store_ids, "dept": depts, "week": utc_weeks([week] * len(keys)),
-                         "predicted_sales": bands[0.5].round(2),
-                         **{f"predicted_sales_{metrics.quantile_name(q)}": values.round(2)
+    horizon = forecaster.horizon
+    steps = np.repeat(np.arange(horizon), len(keys))
+    return pd.DataFrame({"store": np.tile(store_ids, horizon), "dept": np.tile(depts, horizon),
+                         "week": utc_weeks(week + pd.to_timedelta(7 * steps, unit="D")), "horizon": steps + 1,
+                         "predicted_sales": bands[0.5].T.ravel().round(2),
+                         **{f"predicted_sales_{metrics.quantile_name(q)}": values.T.ravel().round(2)
                             for q, values in bands.items() if q != 0.5}})
+
+
+# The origin's columns the naive baselines read (salesfc.baselines.naive_forecasts).
+NAIVE_INPUTS = ("sales_lag_1", "sales_lag_2", "sales_lag_4", "sales_lag_8", "sales_rolling_mean_4")
+
+
+def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp
+                   ) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Every forecast the rows of ``frame`` (origins) make of a reported week from ``first`` to ``last``: one row per
+    (origin, horizon) whose target week is in that range and in ``frame``, with the target's series, week
+    (event_timestamp), horizon, weekly_sales, is_holiday and expected_sales and the origin's NAIVE_INPUTS. Returns
+    those rows, the model's quantiles for them ({q: dollars}) and, per row, the index of its origin in ``frame``.
+    A target h - 1 weeks after an origin's own week is forecast from the sales before the origin's week only."""
+    ahead = Ahead.of(frame, forecaster.horizon)
+    first_day, last_day = epoch_days([first, last])
+    target_days = ahead.target_days
+    keep = ahead.found & (target_days >= first_day) & (target_days <= last_day)
+    origins = np.flatnonzero(keep.any(axis=1))
+    row, step = np.nonzero(keep[origins])
+    at = origins[row]
+    bands = forecaster.predict_quantiles(frame.iloc[origins])
+    rows = pd.DataFrame({
+        "store": frame["store"].to_numpy()[at], "dept": frame["dept"].to_numpy()[at],
+        "store_dept": frame["store_dept"].to_numpy()[at],
+        TIMESTAMP: EPOCH_DAY + pd.to_timedelta(target_days[at, step], unit="D"), "horizon": step + 1,
+        "weekly_sales": ahead.sales[at, step], "is_holiday": ahead.holiday[at, step].astype(np.int64),
+        "expected_sales": ahead.expected[at, step],
+        **{name: frame[name].to_numpy(dtype=float, na_value=np.nan)[at] for name in NAIVE_INPUTS},
+    })
+    return rows, {q: values[row, step] for q, values in bands.items()}, at
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
              rows_per_read: int) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
-    # The held-out weeks and, the first time, the peer's training weeks: in reads of about rows_per_read rows.
+    # The held-out weeks, the origins that forecast them (up to horizon - 1 weeks before them) and, the first time,
+    # the peer's training weeks: in reads of about rows_per_read rows.
     counts = feature_store.label_counts(store)
-    reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, since=split.test_start), 1,
-                                          rows_per_read)
+    since = split.test_start - pd.Timedelta(weeks=forecaster.horizon - 1)
+    reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, since=since), 1, rows_per_read)
     # In the order of one read (the report's tables and plots follow the rows).
-    test = feature_store.in_table_order(feature_store.shard_features(store, 0, 1, reads, since=split.test_start))
+    origins = feature_store.in_table_order(feature_store.shard_features(store, 0, 1, reads, since=since))
+    test = origins[origins[TIMESTAMP] >= split.test_start]
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
-    bands = forecaster.predict_quantiles(test)
+    rows, bands, at = forecast_weeks(forecaster, origins, split.test_start, split.last_week)
     peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"]}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
     # features of the training weeks are read only for the one run that fits the peer.
@@ -159,41 +210,81 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
         peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
     labels = feature_store.read_labels(store)
     train = labels[split.part(labels[TIMESTAMP]) == 0]
-    result, holdout = score(test, bands, train, peer, has_signal)
+    result, holdout = score(rows, bands, train, peer_at(peer, origins, test.index, at, rows), has_signal,
+                            baselines.year_before(labels, rows))
     result["test_weeks"] = {"from": f"{forecaster.split.test_start:%Y-%m-%d}",
                             "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
+                            "horizon": forecaster.horizon,
                             "holidays": holiday_weeks(test[TIMESTAMP])}
     return result, holdout
 
 
-def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_signal: bool
-          ) -> tuple[dict, pd.DataFrame]:
-    """Every forecaster on ``rows``: the model (its quantile forecasts ``bands``, the median its point forecast), the
-    naive baselines and the tree peer. Returns the metrics and one frame of (series, week, actual,
-    forecast_<name>..., model_p<q>...) rows."""
+def peer_at(peer: dict, frame: pd.DataFrame, forecast_rows: pd.Index, at: np.ndarray, rows: pd.DataFrame) -> dict:
+    """The tree peer forecasts the week of each of ``frame``'s ``forecast_rows`` (one week ahead): its forecast of
+    each of ``rows`` (forecast_weeks' rows, origins ``at``) at horizon 1, NaN at the others."""
+    by_origin = np.full(len(frame), np.nan)
+    by_origin[frame.index.get_indexer(forecast_rows)] = peer["forecast"]
+    forecast = np.where(rows["horizon"].to_numpy() == 1, by_origin[at], np.nan)
+    return {**peer, "forecast": forecast}
+
+
+def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_signal: bool,
+          seasonal: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    """Every forecaster on ``rows`` (forecast_weeks' rows: a target week and the horizon it is forecast at): the model
+    (its quantile forecasts ``bands``, the median its point forecast), the naive baselines (``seasonal``: each target
+    week's sales a year before) and the tree peer (NaN where it does not forecast). The headline metrics are those
+    of next week's forecasts (horizon 1: what the deployed model is scored on), ``by_horizon`` each horizon's WMAE.
+    Returns the metrics and one frame of (series, week, horizon, actual, forecast_<name>..., model_p<q>...) rows."""
     actual = rows["weekly_sales"].to_numpy(dtype=float)
     holiday = rows["is_holiday"].to_numpy()
-    naive, fallbacks = baselines.naive_forecasts(train, rows)
+    horizon = rows["horizon"].to_numpy()
+    naive, _ = baselines.naive_forecasts(train, rows, seasonal)
     forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer["forecast"]}
-    scores = {name: metrics.evaluate(actual, forecast, holiday) for name, forecast in forecasts.items()}
-    for name, count in fallbacks.items():
+    first = horizon == 1
+    scores = {name: metrics.evaluate(actual[first], forecast[first], holiday[first])
+              for name, forecast in forecasts.items()}
+    for name, count in baselines.naive_forecasts(train, rows[first], seasonal[first])[1].items():
         scores[name]["fallback_rows"] = count
     scores[baselines.PEER].update(chosen=peer["chosen"], iterations=peer["iterations"],
                                   fit_seconds=peer["fit_seconds"], cached=peer["cached"])
     noise_floor = None
-    if has_signal and rows["expected_sales"].notna().all():
-        noise_floor = metrics.evaluate(actual, rows["expected_sales"].to_numpy(dtype=float), holiday)
+    expected = rows["expected_sales"].to_numpy(dtype=float)
+    if has_signal and not np.isnan(expected).any():
+        noise_floor = metrics.evaluate(actual[first], expected[first], holiday[first])
     result = {"model": scores.pop("model"), "baselines": scores, "noise_floor": noise_floor}
     if len(bands) > 1:
-        result["model"]["quantiles"] = metrics.intervals(actual, bands, holiday)
+        result["model"]["quantiles"] = metrics.intervals(actual[first], {q: b[first] for q, b in bands.items()},
+                                                         holiday[first])
+    if horizon.max(initial=1) > 1:
+        result["by_horizon"] = by_horizon(actual, holiday, horizon, forecasts, bands,
+                                          expected if noise_floor is not None else None)
     holdout = pd.DataFrame({"store": rows["store"].to_numpy(), "dept": rows["dept"].to_numpy(),
-                            "week": rows[TIMESTAMP].to_numpy(), "actual": actual, "is_holiday": holiday,
+                            "week": rows[TIMESTAMP].to_numpy(), "horizon": horizon, "actual": actual,
+                            "is_holiday": holiday,
                             **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()},
                             **{f"model_{metrics.quantile_name(q)}": np.round(values, 2)
                                for q, values in bands.items() if q != 0.5}})
     if noise_floor is not None:
-        holdout["expected_sales"] = rows["expected_sales"].to_numpy(dtype=float)
+        holdout["expected_sales"] = expected
     return result, holdout
+
+
+def by_horizon(actual: np.ndarray, holiday: np.ndarray, horizon: np.ndarray, forecasts: dict, bands: dict,
+               expected: np.ndarray | None) -> list[dict]:
+    """Per horizon: the rows, each forecaster's WMAE (one that does not forecast that far is left out), the noise
+    floor's, and with quantiles the band's coverage (all, holiday weeks) and pinball losses."""
+    table = []
+    for h in range(1, int(horizon.max()) + 1):
+        at = horizon == h
+        entry = {"horizon": h, "rows": int(at.sum()),
+                 "wmae": {name: metrics.evaluate(actual[at], forecast[at], holiday[at])["wmae"]
+                          for name, forecast in forecasts.items() if at.any() and not np.isnan(forecast[at]).any()}}
+        if expected is not None and at.any():
+            entry["wmae"]["noise_floor"] = metrics.evaluate(actual[at], expected[at], holiday[at])["wmae"]
+        if len(bands) > 1 and at.any():
+            entry["quantiles"] = metrics.intervals(actual[at], {q: b[at] for q, b in bands.items()}, holiday[at])
+        table.append(entry)
+    return table
 
 
 def holiday_weeks(weeks: pd.Series) -> list[str]:
@@ -208,6 +299,20 @@ def holiday_weeks(weeks: pd.Series) -> list[str]:
 
 
 FLOOR_LABEL = "noise floor (MAE/WMAE only)"
+HORIZON_COLUMNS = ("model", "seasonal_naive", "last_value", "moving_average_4", "series_mean", "noise_floor")
+
+
+def horizon_table(table: list[dict]) -> list[str]:
+    """The held-out WMAE at each horizon, the model against the naive baselines at the same horizon."""
+    names = [n for n in HORIZON_COLUMNS if n in table[0]["wmae"]]
+    band = "quantiles" in table[0]
+    lines = [f"{'weeks ahead':<12}{'rows':>9}" + "".join(f"{n.replace('_', ' ')[:16]:>17}" for n in names)
+             + (f"{'band holds':>12}" if band else "")]
+    for entry in table:
+        lines.append(f"{entry['horizon']:<12}{entry['rows']:>9,}" + "".join(
+            f"{entry['wmae'][n]:>17,.0f}" if n in entry["wmae"] else f"{'':>17}" for n in names)
+            + (f"{entry['quantiles']['coverage']:>12.1%}" if band and "quantiles" in entry else ""))
+    return lines
 
 
 def comparison_table(result: dict) -> list[str]:
@@ -245,8 +350,9 @@ def run(config) -> int:
     with progress.stage("evaluating on the held-out weeks (features, baselines, tree peer)"):
         result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace, config.rows_per_read)
     timings["evaluation"] = time.perf_counter() - tick
-    result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(forecast),
-                  data=manifest["source"])
+    next_only = forecast[forecast["horizon"] == 1]
+    result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(next_only),
+                  horizon=forecaster.horizon, data=manifest["source"])
 
     out = workspace.report_dir(run_id)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +378,11 @@ def run(config) -> int:
     if band:
         print(f"infer: the model's {band['band']} band holds {band['coverage']:.1%} of the held-out actuals (nominal "
               f"{band['nominal']:.0%})")
-    print(f"infer: forecast for {manifest['next_week']}: {len(forecast):,} series, total "
-          f"${forecast['predicted_sales'].sum():,.0f}")
+    print(f"infer: forecast for {manifest['next_week']}: {len(next_only):,} series, total "
+          f"${next_only['predicted_sales'].sum():,.0f}")
+    if forecaster.horizon > 1:
+        print(f"infer: and for the {forecaster.horizon - 1} weeks after it, to {forecast['week'].max():%Y-%m-%d} "
+              "(predictions.parquet, column horizon)")
+        print("  " + "\n  ".join(horizon_table(result["by_horizon"])))
     print(f"infer: wrote {shown(out)}/ (predictions.parquet, metrics.json, report.md)")
     return 0

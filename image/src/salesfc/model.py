@@ -1,7 +1,12 @@
 """The forecasting network and its checkpoint format.
 
 An MLP (256-128-64 by default) over the numeric inputs and learned embeddings of store, department, week of year,
-store type and holiday; it predicts weekly sales divided by the row's scale (see salesfc.dataset). The network is
+store type and holiday; it predicts weekly sales divided by the row's scale (see salesfc.dataset). With a horizon H
+above 1 it forecasts weeks t+1 ... t+H from one origin (a direct multi-horizon head): the MLP's last hidden layer
+is read once per row, and a small decoder adds, per target week, a learned vector for the horizon, one for the target
+week's week of year and a projection of its distance to Thanksgiving and Christmas (that calendar is known ahead,
+looked up from the date: ``calendar_table``), so the cost of a row grows by one narrow layer per horizon, not by a
+network per horizon. The network is
 an ensemble of ``members`` such MLPs, each with its own initial weights and dropout masks, trained side by side on
 the same batches (each on its own loss) and averaged when forecasting: averaging independently trained networks
 cancels much of their seed-to-seed variance, which on this data is as large as the differences between
@@ -14,11 +19,15 @@ shared volume is never a way to run code.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from salesfc.tables import EPOCH_DAY
 from salesfc.workspace import atomic_path
 
 
@@ -75,11 +84,29 @@ def ordered_quantiles(center: torch.Tensor, gaps: torch.Tensor, median: int, anc
     return torch.cat([below, center, above], dim=-1)
 
 
+CALENDAR_DAYS = 84_000  # 1970-01-01 to 2199: the days calendar_table covers
+WEEK_CODES = 54         # ISO weeks 1-53, and 0 for a day outside the table
+
+
+@functools.lru_cache(maxsize=1)
+def calendar_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """For each day since 1970-01-01: its ISO week of year (long) and its weeks to Thanksgiving and to Christmas over
+    HOLIDAY_REACH (float, in [-1, 1]). Computed by the functions that make the store context's columns
+    (salesfc.features.calendar), so a target week's calendar is what its row would carry."""
+    from salesfc.features import HOLIDAY_REACH, calendar
+
+    values = calendar(pd.Series(pd.date_range(EPOCH_DAY.tz_localize(None), periods=CALENDAR_DAYS, freq="D")))
+    week = torch.from_numpy(values["week_of_year"].astype(np.int64))
+    near = np.stack([values["weeks_to_thanksgiving"], values["weeks_to_christmas"]], axis=1) / HOLIDAY_REACH
+    return week, torch.from_numpy(near.astype(np.float32))
+
+
 class Member(nn.Module):
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
-                 dropout: float, outputs: int = 1, median: int = 0):
+                 dropout: float, outputs: int = 1, median: int = 0, horizon: int = 1):
         super().__init__()
         self.median = median
+        self.horizon = horizon
         # One table for all categories (each one's codes shifted by an offset): one lookup and one backward pass
         # per step instead of one per category, which matters on CPU where each is a separate kernel.
         self.embedding = nn.Embedding(sum(cardinalities), embed_dim)
@@ -92,17 +119,32 @@ class Member(nn.Module):
             if dropout:
                 layers.append(Dropout(dropout))
             width = size
-        layers.append(nn.Linear(width, 1))
+        # One horizon: the last layer is the forecast. More: it is the decoder's projection of the row, to which each
+        # target week adds its own terms (one horizon keeps the single-horizon network, and its checkpoints, as is).
+        layers.append(nn.Linear(width, 1 if horizon == 1 else width))
         self.mlp = nn.Sequential(*layers)
-        # The other quantiles: their gaps to the median, read off the last hidden layer.
+        if horizon > 1:
+            self.horizon_embedding = nn.Embedding(horizon, width)
+            self.week_embedding = nn.Embedding(WEEK_CODES, width)
+            self.near = nn.Linear(2, width, bias=False)
+            self.out = nn.Linear(width, 1)
+        # The other quantiles: their gaps to the median, read off the last hidden layer (the decoder's, per horizon).
         self.gaps = nn.Linear(width, outputs - 1) if outputs > 1 else None
 
-    def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """(batch, outputs): the quantiles in increasing order (one output: the median alone)."""
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor,
+                target_calendar: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(batch, horizon, outputs): per target week, the quantiles in increasing order (one output: the median)."""
         features = torch.cat([numeric, self.embedding(categories + self.offsets).flatten(1)], dim=1)
         for layer in self.mlp[:-1]:
             features = layer(features)
-        center = self.mlp[-1](features)
+        if self.horizon == 1:
+            features = features.unsqueeze(1)
+            center = self.mlp[-1](features)
+        else:
+            week, near = target_calendar
+            features = torch.relu(self.mlp[-1](features).unsqueeze(1) + self.horizon_embedding.weight
+                                  + self.week_embedding(week) + self.near(near))
+            center = self.out(features)
         if self.gaps is None:
             return center
         # The band learns from the median's network without pulling on it: its losses reach the gap layer only, so
@@ -112,39 +154,60 @@ class Member(nn.Module):
 
 
 class SalesMLP(nn.Module):
-    """The ensemble: ``forward`` returns the members' mean median forecast (batch,); with ``quantiles`` every quantile
-    (batch, Q); with ``per_member`` each member's, stacked first ((members, batch) or (members, batch, Q)), which is
-    what training fits, one loss per member. Averaging members keeps quantiles in order: each member's are."""
+    """The ensemble: ``forward`` returns the members' mean median forecast (batch, horizon); with ``quantiles`` every
+    quantile (batch, horizon, Q); with ``per_member`` each member's, stacked first, which is what training fits, one
+    loss per member. Averaging members keeps quantiles in order: each member's are. ``days`` is each row's first
+    target week (epoch_days), needed above one horizon: target week h is ``days + 7 (h - 1)``."""
 
     def __init__(self, n_numeric: int, cardinalities: list[int], embed_dim: int, hidden: list[int],
-                 dropout: float, members: int = 1, quantiles: tuple[float, ...] = (0.5,), band_widen: float = 0.0):
+                 dropout: float, members: int = 1, quantiles: tuple[float, ...] = (0.5,),
+                 band_widen: float | list[float] = 0.0, horizon: int = 1):
         super().__init__()
         self.quantiles = tuple(quantiles)
+        self.horizon = int(horizon)
         # Set after training from the validation weeks (salesfc.train.calibrate_band): how far the quantiles below
-        # and above the median move out, in units of the row's scale.
-        self.band_widen = float(band_widen)
+        # and above the median move out, in units of the row's scale, per horizon (one number: every horizon).
+        widen = [float(band_widen)] * self.horizon if np.isscalar(band_widen) else [float(w) for w in band_widen]
+        self.band_widen = widen
         self.median = self.quantiles.index(0.5)
         self.members = nn.ModuleList(Member(n_numeric, cardinalities, embed_dim, hidden, dropout,
-                                            len(self.quantiles), self.median) for _ in range(members))
+                                            len(self.quantiles), self.median, self.horizon) for _ in range(members))
+        if self.horizon > 1:
+            week, near = calendar_table()
+            self.register_buffer("calendar_week", week, persistent=False)
+            self.register_buffer("calendar_near", near, persistent=False)
+            self.register_buffer("steps", 7 * torch.arange(self.horizon), persistent=False)
 
-    def forward(self, numeric: torch.Tensor, categories: torch.Tensor, per_member: bool = False,
-                quantiles: bool = False) -> torch.Tensor:
-        outputs = torch.stack([member(numeric, categories) for member in self.members])
+    def target_calendar(self, days: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        day = days.unsqueeze(1) + self.steps
+        inside = (day >= 0) & (day < CALENDAR_DAYS)
+        day = day.clamp(0, CALENDAR_DAYS - 1)
+        return torch.where(inside, self.calendar_week[day], 0), self.calendar_near[day] * inside.unsqueeze(-1)
+
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor, days: torch.Tensor | None = None,
+                per_member: bool = False, quantiles: bool = False) -> torch.Tensor:
+        target_calendar = None
+        if self.horizon > 1:
+            if days is None:
+                raise ValueError(f"a {self.horizon}-week network needs each row's first target week (days)")
+            target_calendar = self.target_calendar(days)
+        outputs = torch.stack([member(numeric, categories, target_calendar) for member in self.members])
         if not quantiles:
             outputs = outputs[..., self.median]
-        elif self.band_widen:
-            shift = torch.full((len(self.quantiles),), self.band_widen, dtype=outputs.dtype, device=outputs.device)
-            shift[:self.median + 1] *= -1
-            shift[self.median] = 0
-            outputs = outputs + shift
+        elif any(self.band_widen):
+            sign = torch.ones(len(self.quantiles), dtype=outputs.dtype, device=outputs.device)
+            sign[:self.median + 1] = -1
+            sign[self.median] = 0
+            widen = torch.tensor(self.band_widen, dtype=outputs.dtype, device=outputs.device)
+            outputs = outputs + widen[:, None] * sign
         return outputs if per_member else outputs.mean(0)
 
 
 def model_config(n_numeric: int, cardinalities: list[int], embed_dim: int, hidden, dropout: float,
-                 members: int = 1, quantiles=(0.5,)) -> dict:
+                 members: int = 1, quantiles=(0.5,), horizon: int = 1) -> dict:
     return {"model_type": "mlp", "n_numeric": int(n_numeric), "cardinalities": [int(c) for c in cardinalities],
             "embed_dim": int(embed_dim), "hidden": [int(h) for h in hidden], "dropout": float(dropout),
-            "members": int(members), "quantiles": [float(q) for q in quantiles]}
+            "members": int(members), "quantiles": [float(q) for q in quantiles], "horizon": int(horizon)}
 
 
 def build(config: dict) -> SalesMLP:
@@ -152,17 +215,23 @@ def build(config: dict) -> SalesMLP:
         raise ValueError(f"unknown model_type {config.get('model_type')!r}")
     return SalesMLP(config["n_numeric"], config["cardinalities"], config["embed_dim"], config["hidden"],
                     config["dropout"], config.get("members", 1), tuple(config.get("quantiles", (0.5,))),
-                    config.get("band_widen", 0.0))
+                    config.get("band_widen", 0.0), config.get("horizon", 1))
 
 
 def flops_per_sample(config: dict) -> int:
-    """Forward + backward floating-point operations of one sample: 3 x 2 x multiply-adds of the linear layers, of
-    every member."""
+    """Forward + backward floating-point operations of one sample (an origin row, every horizon of it): 3 x 2 x
+    multiply-adds of the linear layers, of every member."""
     width = config["n_numeric"] + config["embed_dim"] * len(config["cardinalities"])
+    horizon = config.get("horizon", 1)
+    outputs = len(config.get("quantiles", (0.5,)))
     macs = 0
-    for size in [*config["hidden"], len(config.get("quantiles", (0.5,)))]:
+    for size in config["hidden"]:
         macs += width * size
         width = size
+    if horizon > 1:  # the row's projection, then per horizon the calendar's and the outputs
+        macs += width * width + horizon * (2 * width + width * outputs)
+    else:
+        macs += width * outputs
     return 6 * macs * config.get("members", 1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from salesfc.workspace import atomic_path, write_text
@@ -132,6 +133,35 @@ def plot_error_by_week(holdout: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
+    """WMAE by horizon, model and naive baselines; with quantiles, the band's share of actuals by horizon."""
+    plt = _figure()
+    table = result["by_horizon"]
+    band = "quantiles" in table[0]
+    fig, axes = plt.subplots(1, 2 if band else 1, figsize=(12 if band else 7, 4), squeeze=False)
+    steps = [entry["horizon"] for entry in table]
+    for name in table[0]["wmae"]:
+        axes[0, 0].plot(steps, [entry["wmae"].get(name, np.nan) for entry in table], marker="o", ms=3,
+                        color=COLORS.get(name, "tab:red"), label=label(name), ls=":" if name == "noise_floor" else "-")
+    axes[0, 0].set_xlabel("weeks ahead")
+    axes[0, 0].set_ylabel("WMAE ($)")
+    axes[0, 0].set_title("Held-out WMAE by horizon")
+    axes[0, 0].legend(fontsize=7)
+    dollars(axes[0, 0])
+    if band:
+        nominal = table[0]["quantiles"]["nominal"]
+        axes[0, 1].plot(steps, [entry["quantiles"]["coverage"] for entry in table], marker="o", ms=3,
+                        color=COLORS["model"], label="all weeks")
+        axes[0, 1].axhline(nominal, color="grey", ls=":", label=f"nominal {nominal:.0%}")
+        axes[0, 1].set_ylim(0, 1)
+        axes[0, 1].set_xlabel("weeks ahead")
+        axes[0, 1].set_title(f"Share of actuals inside the {table[0]['quantiles']['band']} band")
+        axes[0, 1].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_training(training: dict, path: Path) -> None:
     """Both losses, validation WMAE in dollars beside them, and the epoch that was kept."""
     plt = _figure()
@@ -198,9 +228,21 @@ def findings(result: dict) -> list[str]:
 
 def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame, training: dict,
           n_series: int) -> None:
+    ahead = holdout
+    holdout = holdout[holdout["horizon"] == 1]  # the plots and the table: next week's forecasts
     if n_series:
         plot_series(holdout, forecast, n_series, out / "forecast_vs_actual.png", best_naive(result))
     plot_error_by_week(holdout, out / "error_by_week.png")
+    horizons = []
+    if result.get("by_horizon"):
+        from salesfc.infer import horizon_table
+
+        plot_horizons(ahead, result, out / "horizons.png")
+        horizons = ["## By horizon", "",
+                    f"The model forecasts {result['horizon']} weeks from each origin. Held-out WMAE at each horizon, "
+                    "against the naive baselines at the same horizon (they carry the origin's values forward; the "
+                    "tree peer forecasts one week ahead only):", "", "```", *horizon_table(result["by_horizon"]),
+                    "```", "", "![WMAE by horizon](horizons.png)", ""]
     plot_training(training, out / "training.png")
     weeks = result["test_weeks"]
     lines = [
@@ -222,6 +264,7 @@ def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame
         "(the Kaggle convention), not forecasts of them. This is one window; `salesfc backtest` measures four, "
         "holidays included.",
         "",
+        *horizons,
         "## Forecasts against actual sales",
         "",
         "![forecast vs actual](forecast_vs_actual.png)" if n_series else "(no series plotted: --plot-series 0)",

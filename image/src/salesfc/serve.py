@@ -50,6 +50,15 @@ CONNECT_TIMEOUT = 3
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class HorizonTooFar(Exception):
+    """A request asked for more weeks ahead than the loaded model forecasts."""
+
+    def __init__(self, asked: int, horizon: int, run_id: str):
+        self.asked = asked
+        super().__init__(f"horizon {asked} is more weeks ahead than model {run_id} forecasts (its --horizon is "
+                         f"{horizon}): ask for a horizon from 1 to {horizon}, or train with --horizon {asked}")
+
+
 class Unavailable(Exception):
     """The service cannot answer now (no model yet, database away); the message says why. Answered with 503."""
 
@@ -237,13 +246,18 @@ class Service:
             raise Unavailable(self.store_problem or "the feature store is not open yet")
         return loaded, store
 
-    def predict(self, pairs: list[tuple[int, int]]) -> dict:
+    def predict(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
+        """Each pair's forecast of the week ``horizon`` - 1 weeks after next week (1: next week). A horizon beyond
+        the loaded model's is refused (HorizonTooFar)."""
         started = time.perf_counter()
         loaded, store = self.current()  # this request's model and store, whatever is swapped in meanwhile
+        if horizon > loaded.forecaster.horizon:
+            raise HorizonTooFar(horizon, loaded.forecaster.horizon, loaded.run_id)
         keys = store_dept([p[0] for p in pairs], [p[1] for p in pairs])
         known = np.fromiter((int(key) in loaded.known for key in keys), dtype=bool, count=len(keys))
         week_text = f"{loaded.week:%Y-%m-%d}"
-        results: list[dict] = [{"store": s, "dept": d, "week": loaded.week.date(), "predicted_sales": None,
+        target = (loaded.week + pd.Timedelta(weeks=horizon - 1)).date()
+        results: list[dict] = [{"store": s, "dept": d, "week": target, "horizon": horizon, "predicted_sales": None,
                                 "quantiles": None, "feature_timestamp": None, "error": None} for s, d in pairs]
         for i in np.flatnonzero(~known):
             results[i]["error"] = {"code": "unknown_series", "message": (
@@ -268,12 +282,13 @@ class Service:
                 tick = time.perf_counter()
                 # Stale rows are the exception: copying the frame without them costs a millisecond a request.
                 bands = loaded.forecaster.predict_quantiles(online if fresh.all() else
-                                                            online[fresh].reset_index(drop=True))
+                                                            online[fresh].reset_index(drop=True), loaded.week)
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
+                step = horizon - 1
                 for row, i in enumerate(asked[fresh]):
-                    results[i]["predicted_sales"] = round(float(bands[0.5][row]), 2)
+                    results[i]["predicted_sales"] = round(float(bands[0.5][row, step]), 2)
                     if len(bands) > 1:
-                        results[i]["quantiles"] = {quantile_name(q): round(float(values[row]), 2)
+                        results[i]["quantiles"] = {quantile_name(q): round(float(values[row, step]), 2)
                                                    for q, values in bands.items()}
                 self.metrics.feature_age.set(time.time() - float(feature_week[fresh].max()))
         outcomes = {"ok": 0, "unknown_series": 0, "stale_features": 0}
@@ -283,7 +298,7 @@ class Service:
             if count:
                 self.metrics.rows.labels(outcome).inc(count)
         self.metrics.stage.labels("total").observe(time.perf_counter() - started)
-        return {"run_id": loaded.run_id, "week": loaded.week.date(), "forecasts": results}
+        return {"run_id": loaded.run_id, "week": loaded.week.date(), "horizon": horizon, "forecasts": results}
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready when a model is loaded, the registry resolved the feature service, and the online store answers a
@@ -373,6 +388,8 @@ def create_app(config):
         dept: int | None = Field(None, ge=1, lt=DEPT_BASE, description="Department number, for a single-row request.")
         rows: list[Row] | None = Field(None, min_length=1, description=f"A batch: at most {limit} rows "
                                        "(--max-batch-rows).")
+        horizon: int = Field(1, ge=1, le=settings.MAX_HORIZON, description="Weeks ahead: 1 is next week, h the week h - 1 "
+                             "weeks after it; at most the model's --horizon.")
 
         @model_validator(mode="after")
         def one_form(self):
@@ -397,6 +414,7 @@ def create_app(config):
         store: int
         dept: int
         week: date = Field(description="The week forecast (its first day, as in the data).")
+        horizon: int = Field(description="Weeks ahead of the data: 1 is next week.")
         predicted_sales: float | None = Field(description="Forecast weekly sales in dollars; null with an error.")
         quantiles: dict[str, float] | None = Field(
             default=None, description="Every quantile the model forecasts, in dollars ('p10', 'p50', 'p90'), when it "
@@ -406,7 +424,8 @@ def create_app(config):
 
     class PredictResponse(BaseModel):
         run_id: str = Field(description="The model's run (models/<run-id>/).")
-        week: date
+        week: date = Field(description="Next week: the first week after the data, horizon 1.")
+        horizon: int
         forecasts: list[Forecast]
 
     class Problem(BaseModel):
@@ -430,6 +449,11 @@ def create_app(config):
         return JSONResponse({"detail": str(err)}, status_code=503,
                             headers={"Retry-After": str(config.retry_after)})
 
+    @app.exception_handler(HorizonTooFar)
+    async def too_far(_request: Request, err: HorizonTooFar):
+        return JSONResponse({"detail": [{"type": "less_than_equal", "loc": ["body", "horizon"], "msg": str(err),
+                                         "input": err.asked}]}, status_code=422)
+
     @app.middleware("http")
     async def count(request: Request, call_next):
         response = await call_next(request)
@@ -442,15 +466,16 @@ def create_app(config):
                          503: {"model": Problem, "description": "No model yet or the database is away; see "
                                "Retry-After"}})
     def predict(request: PredictRequest) -> dict:
-        """Next week's forecast for each row. A pair that is not a series of the prepared data, or whose online
-        features are not of the forecast week, gets an `error` instead of a number."""
+        """Each row's forecast of next week (or, with `horizon`, of the week that many weeks ahead). A pair that is
+        not a series of the prepared data, or whose online features are not of the forecast week, gets an `error`
+        instead of a number."""
         pairs = request.pairs()
         if len(pairs) > limit:
             raise RequestValidationError([{
                 "type": "too_long", "loc": ("body", "rows"), "input": None,
                 "msg": f"{len(pairs)} rows is more than {limit}, the most one request may ask for "
                        "(--max-batch-rows): split the batch"}])
-        return service.predict(pairs)
+        return service.predict(pairs, request.horizon)
 
     @app.get("/healthz")
     def healthz() -> dict:

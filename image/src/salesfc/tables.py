@@ -34,6 +34,36 @@ def store_dept(store, dept):
     return np.asarray(store, dtype=np.int64) * DEPT_BASE + np.asarray(dept, dtype=np.int64)
 
 
+EPOCH_DAY = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def epoch_days(weeks) -> np.ndarray:
+    """Timestamps (UTC) -> whole days since 1970-01-01 (int64): how a multi-horizon forecast names its weeks."""
+    stamps = pd.to_datetime(pd.Series(weeks), utc=True)
+    return ((stamps - EPOCH_DAY) // pd.Timedelta(days=1)).to_numpy(dtype=np.int64)
+
+
+class SeriesWeeks:
+    """The rows of a frame by (series, week): ``find`` answers where a series' given week is, for whole arrays at
+    once (one sort here, one binary search per asked row). Weeks are days since 1970-01-01 (epoch_days)."""
+
+    DAYS = 1_000_000  # a key is store_dept x DAYS + day: unique while days stay below it (until the year 4707)
+
+    def __init__(self, store_dept, days: np.ndarray):
+        keys = np.asarray(store_dept, dtype=np.int64) * self.DAYS + np.asarray(days, dtype=np.int64)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def find(self, store_dept, days) -> tuple[np.ndarray, np.ndarray]:
+        """(row, found): the row of each asked (series, day), and whether there is one (row is 0 where not)."""
+        wanted = np.asarray(store_dept, dtype=np.int64) * self.DAYS + np.asarray(days, dtype=np.int64)
+        if not len(self.keys):
+            return np.zeros(wanted.shape, dtype=np.int64), np.zeros(wanted.shape, dtype=bool)
+        at = np.searchsorted(self.keys, wanted).clip(max=len(self.keys) - 1)
+        found = self.keys[at] == wanted
+        return np.where(found, self.order[at], 0), found
+
+
 def split_store_dept(key) -> tuple[np.ndarray, np.ndarray]:
     key = np.asarray(key, dtype=np.int64)
     return key // DEPT_BASE, key % DEPT_BASE

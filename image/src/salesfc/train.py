@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from salesfc import cpus, distributed, metrics, progress, settings, statistics, trainer_status
 from salesfc import model as model_lib
-from salesfc.dataset import Preprocessor, Split
+from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.errors import UserError
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import read_json, wait_for_manifest, write_json, write_text
@@ -75,29 +75,38 @@ def calibrate_band(path, arrays: dict, context: distributed.Context | None = Non
     every one above it up by the same amount, in units of the row's scale, the smallest that puts the nominal share
     of validation actuals inside. It only widens, so quantiles never cross. Weeks further from the training data
     than the validation weeks have larger errors still, which this does not see (bench/README.md has the
-    backtest's coverage). Every rank scores its own validation rows; rank 0 saves the widened model."""
+    backtest's coverage). Each horizon is widened on its own: errors grow with the weeks ahead. Every rank scores
+    its own validation rows; rank 0 saves the widened model."""
     context = context or distributed.alone()
     network, checkpoint = model_lib.load(path)
     quantiles = network.quantiles
     nominal = quantiles[-1] - quantiles[0]
-    numeric, categories = arrays["val_numeric"].cpu(), arrays["val_categories"].cpu()
+    numeric, categories, days = (arrays[f"val_{name}"].cpu() for name in ("numeric", "categories", "days"))
     target = arrays["val_target"].cpu().double()
-    bands = torch.cat([network(numeric[i:i + 65_536], categories[i:i + 65_536], quantiles=True)
+    counted = (arrays["val_weight"].cpu() > 0).numpy()
+    bands = torch.cat([network(numeric[i:i + 65_536], categories[i:i + 65_536], days[i:i + 65_536], quantiles=True)
                        for i in range(0, len(target), 65_536)]
-                      or [torch.zeros(0, len(quantiles))]).double()
-    outside = torch.maximum(bands[:, 0] - target, target - bands[:, -1]).numpy()  # > 0: the actual is outside
-    rows = int(context.sum_array([len(outside)])[0])
-    level = min(1.0, math.ceil((rows + 1) * nominal) / rows)  # the finite-sample correction
-    widen = max(0.0, statistics.quantile(context, outside, level))
-    inside = context.sum_array([(outside <= 0).sum(), (outside <= widen).sum()]) / rows
-    result = {"nominal": round(nominal, 6), "widen": widen, "validation_rows": rows,
-              "validation_coverage_before": float(inside[0]), "validation_coverage_after": float(inside[1])}
+                      or [torch.zeros(0, network.horizon, len(quantiles))]).double()
+    # > 0: the actual is outside the band
+    outside = torch.maximum(bands[..., 0] - target, target - bands[..., -1]).numpy()
+    widen, before, after, total = [], 0.0, 0.0, 0
+    for h in range(network.horizon):
+        scores = outside[counted[:, h], h]
+        rows = int(context.sum_array([len(scores)])[0])
+        if not rows:
+            raise UserError(f"no validation week is {h + 1} weeks after an origin: --val-weeks must be at least 1")
+        level = min(1.0, math.ceil((rows + 1) * nominal) / rows)  # the finite-sample correction
+        widen.append(max(0.0, statistics.quantile(context, scores, level)))
+        inside = context.sum_array([(scores <= 0).sum(), (scores <= widen[-1]).sum()])
+        before, after, total = before + inside[0], after + inside[1], total + rows
+    result = {"nominal": round(nominal, 6), "widen": widen, "validation_rows": total,
+              "validation_coverage_before": float(before / total), "validation_coverage_after": float(after / total)}
     if context.is_main:
         config = {**checkpoint["MODEL_CONFIG"], "band_widen": widen}
         model_lib.save(path, {**checkpoint, "MODEL_CONFIG": config})
-        log.info("quantile band: %.1f%% of the validation actuals inside before, %.1f%% after widening by %.4f x "
+        log.info("quantile band: %.1f%% of the validation actuals inside before, %.1f%% after widening by %s x "
                  "scale (nominal %.0f%%)", 100 * result["validation_coverage_before"],
-                 100 * result["validation_coverage_after"], widen, 100 * nominal)
+                 100 * result["validation_coverage_after"], ", ".join(f"{w:.4f}" for w in widen), 100 * nominal)
     context.barrier()
     return result
 
@@ -184,10 +193,11 @@ class Trainer:
 
     # -- loss ------------------------------------------------------------------------------------------------
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Weighted loss of a (members, batch) median forecast, or of (members, batch, Q) quantiles (quantile_loss
-        of each, summed); the mean over members."""
+        """Weighted loss of a (members, batch, horizon) median forecast, or of (members, batch, horizon, Q) quantiles
+        (quantile_loss of each, summed); the mean over members, rows and horizons (a target that does not count has
+        weight 0)."""
         prediction = prediction.float()
-        if prediction.dim() == 2:
+        if prediction.dim() == 3:
             return (quantile_loss(prediction, target, 0.5) * weight).mean()
         error = sum(quantile_loss(prediction[..., i], target, q) for i, q in enumerate(self.raw_network.quantiles))
         return (error * weight).mean()
@@ -206,13 +216,14 @@ class Trainer:
         self.network.train()
         rows = self.shard(epoch)
         # One gather of this rank's shuffled rows per epoch; each step then takes a contiguous slice of it.
-        shuffled = {name: self.arrays[f"train_{name}"][rows] for name in ("numeric", "categories", "target", "weight")}
+        shuffled = {name: self.arrays[f"train_{name}"][rows]
+                    for name in ("numeric", "categories", "days", "target", "weight")}
         totals = torch.zeros(LOSS_SUMS, device=self.device)
         for step in range(self.steps_per_epoch):
             batch = {name: values[step * self.per_rank_batch:(step + 1) * self.per_rank_batch]
                      for name, values in shuffled.items()}
             with self.autocast():
-                prediction = self.network(batch["numeric"], batch["categories"], per_member=True,
+                prediction = self.network(batch["numeric"], batch["categories"], batch["days"], per_member=True,
                                           quantiles=len(self.raw_network.quantiles) > 1)
             loss = self.loss(prediction, batch["target"], batch["weight"])
             self.optimizer.zero_grad(set_to_none=True)
@@ -253,14 +264,18 @@ class Trainer:
         for start in range(lo, hi, 65_536):
             end = min(hi, start + 65_536)
             with self.autocast():
-                prediction = self.average(a["val_numeric"][start:end], a["val_categories"][start:end]).float()
+                prediction = self.average(a["val_numeric"][start:end], a["val_categories"][start:end],
+                                          a["val_days"][start:end]).float()
+            weight = a["val_weight"][start:end]
             error = quantile_loss(prediction, a["val_target"][start:end], 0.5)
-            loss_sum[0] += (error * a["val_weight"][start:end]).sum().double()
-            loss_sum[1] += end - start
-            dollars = prediction.double() * a["val_scale"][start:end]
-            actual = a["val_target"][start:end].double() * a["val_scale"][start:end]
+            loss_sum[0] += (error * weight).sum().double()
+            counted = weight > 0  # the (row, horizon) targets in the validation weeks
+            loss_sum[1] += counted.sum()
+            scale = a["val_scale"][start:end].unsqueeze(1)
+            dollars = (prediction.double() * scale)[counted]
+            actual = (a["val_target"][start:end].double() * scale)[counted]
             parts.append(metrics.sums(actual.cpu().numpy(), dollars.cpu().numpy(),
-                                      a["val_holiday"][start:end].cpu().numpy()))
+                                      a["val_holiday"][start:end][counted].cpu().numpy()))
         local = np.sum(parts, axis=0) if parts else np.zeros(9)
         sums = self.context.all_reduce_sum(torch.cat([loss_sum, torch.tensor(local, device=self.device)]))
         result = metrics.finish(sums[LOSS_SUMS:].cpu().numpy())
@@ -378,7 +393,7 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
     if not context.agree(current is not None and current["fingerprint"] == manifest["fingerprint"]):
         raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
-    arrays, preprocessor, rows = training_arrays(frame, split, context)
+    arrays, preprocessor, rows = training_arrays(frame, split, context, config.horizon)
     del frame
     rows["test"] = feature_store.rows_in_weeks(counts, since=split.test_start)
     if context.is_main:
@@ -390,23 +405,34 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     return arrays, info, preprocessor, split
 
 
-def training_arrays(frame, split: Split, context: distributed.Context | None = None
+def training_arrays(frame, split: Split, context: distributed.Context | None = None, horizon: int = 1
                     ) -> tuple[dict, Preprocessor, dict]:
     """The training and validation weeks of ``frame`` as the network's arrays, preprocessing fitted on training
     weeks only (on every rank's rows, with a distributed ``context``). Weeks from ``split.test_start`` on are not
-    read at all. The row counts are those of all ranks."""
+    read at all. The row counts are those of all ranks.
+
+    Each row is an origin whose targets are its own week and the ``horizon`` - 1 weeks after it (sales features end
+    the week before its own). A target belongs to the part of the split its week is in, whatever the origin's: a
+    training row's targets stop before the validation weeks, and the validation weeks are also forecast from origins
+    up to ``horizon`` - 1 weeks before them, as a forecast of them would be. Arrays: numeric, categories, days (the
+    row's week), target and weight (rows, horizon), weight 0 for a target outside the part or not reported."""
     context = context or distributed.alone()
     part = split.part(frame[TIMESTAMP])
     preprocessor = Preprocessor.fit(frame[part == 0], context)
+    ahead = Ahead.of(frame, horizon)
+    target_part = split.part_of_days(ahead.target_days)
     arrays = {}
     for name, code in (("train", 0), ("val", 1)):
-        rows = frame[part == code]
+        keep = ahead.found & (target_part == code)
+        chosen = keep.any(axis=1)
+        rows = frame[chosen]
         batch = preprocessor.transform(rows)
+        target, weight = preprocessor.horizon_targets(ahead.rows(chosen), batch.scale, keep[chosen])
         arrays.update({f"{name}_numeric": batch.numeric, f"{name}_categories": batch.categories,
-                       f"{name}_target": batch.target, f"{name}_weight": batch.weight})
+                       f"{name}_days": ahead.days[chosen], f"{name}_target": target, f"{name}_weight": weight})
         if name == "val":
             arrays["val_scale"] = batch.scale
-            arrays["val_holiday"] = rows["is_holiday"].to_numpy(dtype=np.float64)
+            arrays["val_holiday"] = ahead.holiday[chosen]
     counts = context.sum_array([(part == code).sum() for code in range(3)])
     return arrays, preprocessor, dict(zip(("train", "val", "test"), (int(c) for c in counts)))
 
@@ -467,7 +493,7 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
     if context.is_main:
         model_config = model_lib.model_config(preprocessor.n_numeric, preprocessor.cardinalities,
                                               config.embed_dim, config.hidden, config.dropout, config.members,
-                                              config.quantiles)
+                                              config.quantiles, config.horizon)
         meta = {"model_config": model_config, "split": split.to_json(), "info": info,
                 "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size}}
         write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
