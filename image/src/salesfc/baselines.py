@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ import pandas as pd
 from salesfc import progress
 from salesfc.dataset import Preprocessor
 from salesfc.features import YEAR
-from salesfc.tables import TIMESTAMP, SeriesWeeks, epoch_days
+from salesfc.tables import EPOCH_DAY, TIMESTAMP, SeriesWeeks, epoch_days
 from salesfc.workspace import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -192,30 +193,48 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
 
 def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame,
                    seed: int) -> dict:
+    started = time.perf_counter()
+    x_train, b_train = _peer_matrix(preprocessor, train)
+    x_val, b_val = _peer_matrix(preprocessor, val)
+    categorical = peer_categorical(preprocessor, b_train.numeric.shape[1])
+    result = _search(Examples(x_train, b_train.target, b_train.weight, b_train.scale, train["is_holiday"].to_numpy()),
+                     Examples(x_val, b_val.target, b_val.weight, b_val.scale, val["is_holiday"].to_numpy()),
+                     categorical, seed)
+    x_rows, b_rows = _peer_matrix(preprocessor, rows)
+    forecast = result.pop("model").predict(x_rows) * b_rows.scale
+    return {"forecast": forecast, **result, "fit_seconds": round(time.perf_counter() - started, 1)}
+
+
+@dataclass
+class Examples:
+    """A peer's matrix and its scaled target, sample weight, scale and holiday flag per row."""
+
+    x: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+    scale: np.ndarray
+    holiday: np.ndarray
+
+
+def _search(train: Examples, val: Examples, categorical: list[int], seed: int) -> dict:
+    """PEER_GRID fitted on ``train``, each early-stopped on ``val``; the one with the lowest validation WMAE."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from salesfc import metrics
 
-    started = time.perf_counter()
-    x_train, b_train = _peer_matrix(preprocessor, train)
-    x_val, b_val = _peer_matrix(preprocessor, val)
-    n_numeric = b_train.numeric.shape[1]
-    categorical = peer_categorical(preprocessor, n_numeric)
-    val_holiday = val["is_holiday"].to_numpy()
     best = None
     trials = []
     # A fit takes minutes on full data; each one logs its result, so in a log no lines are needed between them.
-    with progress.stage(f"tree peer: searching {len(PEER_GRID)} settings on {len(train):,} rows", len(PEER_GRID),
-                        "fit", log_every=math.inf) as bar:
+    with progress.stage(f"tree peer: searching {len(PEER_GRID)} settings on {len(train.target):,} rows",
+                        len(PEER_GRID), "fit", log_every=math.inf) as bar:
         for params in PEER_GRID:
             tick = time.perf_counter()
             model = HistGradientBoostingRegressor(
                 loss="absolute_error", max_iter=PEER_MAX_ITER, categorical_features=categorical, early_stopping=True,
                 n_iter_no_change=PEER_PATIENCE, random_state=seed, **params)
-            model.fit(x_train, b_train.target, sample_weight=b_train.weight, X_val=x_val, y_val=b_val.target,
-                      sample_weight_val=b_val.weight)
-            wmae = metrics.evaluate(b_val.target * b_val.scale, model.predict(x_val) * b_val.scale,
-                                    val_holiday)["wmae"]
+            model.fit(train.x, train.target, sample_weight=train.weight, X_val=val.x, y_val=val.target,
+                      sample_weight_val=val.weight)
+            wmae = metrics.evaluate(val.target * val.scale, model.predict(val.x) * val.scale, val.holiday)["wmae"]
             trials.append({**params, "iterations": int(model.n_iter_), "val_wmae": round(wmae, 2),
                            "seconds": round(time.perf_counter() - tick, 1)})
             log.info("tree peer: %s -> %d iterations, validation WMAE $%.0f (%.0f s)", params, model.n_iter_, wmae,
@@ -223,8 +242,94 @@ def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.Data
             bar.update()
             if best is None or wmae < best[0]:
                 best = (wmae, model, params)
-    x_rows, b_rows = _peer_matrix(preprocessor, rows)
-    forecast = best[1].predict(x_rows) * b_rows.scale
-    seconds = time.perf_counter() - started
-    return {"forecast": forecast, "chosen": best[2], "iterations": int(best[1].n_iter_), "val_wmae": best[0],
-            "trials": trials, "fit_seconds": round(seconds, 1)}
+    return {"model": best[1], "chosen": best[2], "iterations": int(best[1].n_iter_), "val_wmae": best[0],
+            "trials": trials}
+
+
+# -- the peer beyond one week ------------------------------------------------------------------------------------
+def _ahead_matrix(preprocessor: Preprocessor, origins: pd.DataFrame, step: np.ndarray) -> tuple[np.ndarray, object]:
+    """The one-week peer's matrix of each origin, plus the horizon and its target week's calendar (known ahead, as
+    the network has it): weeks ahead, week of year, weeks to Thanksgiving and to Christmas."""
+    from salesfc.features import calendar
+
+    x, batch = _peer_matrix(preprocessor, origins)
+    days = epoch_days(origins[TIMESTAMP]) + 7 * step
+    known = calendar(pd.Series(EPOCH_DAY.tz_localize(None) + pd.to_timedelta(days, unit="D")))
+    extra = np.column_stack([step + 1, known["week_of_year"], known["weeks_to_thanksgiving"],
+                             known["weeks_to_christmas"]]).astype(np.float32)
+    return np.hstack([x, extra]), batch
+
+
+def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep: np.ndarray,
+                    rng: np.random.Generator) -> Examples:
+    """One example per origin with a target in ``keep``: a horizon drawn among its kept ones (so as many examples as
+    the one-week peer has, every horizon about equally often)."""
+    rows = np.flatnonzero(keep.any(axis=1))
+    step = np.argmax(rng.random(keep[rows].shape) * keep[rows], axis=1)
+    x, batch = _ahead_matrix(preprocessor, frame.iloc[rows], step)
+    holiday = ahead.holiday[rows, step]
+    weight = preprocessor._weight_of(holiday, batch.scale) / preprocessor.params["weight_mean"]
+    return Examples(x, (ahead.sales[rows, step] / batch.scale).astype(np.float32), weight.astype(np.float32),
+                    batch.scale, holiday)
+
+
+def _ahead_key(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.ndarray, step: np.ndarray, data: str, split,
+               seed: int) -> tuple[str, pd.DataFrame]:
+    key = f"{_peer_key(preprocessor, data, split.to_json(), seed)}-ahead{int(step.max(initial=0)) + 1}"
+    return key, pd.DataFrame({"store_dept": origins["store_dept"].to_numpy(dtype=np.int64)[at],
+                              TIMESTAMP: origins[TIMESTAMP].to_numpy()[at], "step": step})
+
+
+def cached_peer_ahead(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.ndarray, step: np.ndarray, *,
+                      cache: Path | None, data: str, split, seed: int = 0) -> dict | None:
+    """tree_peer_ahead's stored forecasts for exactly these (origin, step) pairs, else None."""
+    if cache is None:
+        return None
+    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed)
+    if not ((cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists()):
+        return None
+    stored = pd.read_parquet(cache / f"{key}.parquet")
+    if len(stored) != len(ids) or not stored[list(ids.columns)].reset_index(drop=True).equals(ids):
+        return None
+    return {**read_json(cache / f"{key}.json"), "forecast": stored["forecast"].to_numpy(), "cached": True}
+
+
+def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, origins: pd.DataFrame, at: np.ndarray,
+                    step: np.ndarray, *, cache: Path | None, data: str, seed: int = 0) -> dict:
+    """The tree peer 2 or more weeks ahead: one HistGradientBoostingRegressor for every later horizon, with the
+    horizon and the target week's calendar as features beside the origin's (the one-week peer's) inputs, searched
+    and early-stopped like it. Its examples are drawn from ``known`` (the weeks before the held-out ones): an origin's
+    target in the training weeks to fit, in the validation weeks to stop and choose. Returns its forecasts (dollars)
+    for ``origins`` row ``at`` ``step`` + 1 weeks ahead (each target week is the origin's own + 7 x step days), cached
+    like the one-week peer's."""
+    from salesfc.dataset import Ahead
+
+    cached = cached_peer_ahead(preprocessor, origins, at, step, cache=cache, data=data, split=split, seed=seed)
+    if cached is not None:
+        return cached
+    horizon = int(step.max(initial=0)) + 1
+    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed)
+    from threadpoolctl import threadpool_limits
+
+    from salesfc import cpus
+
+    started = time.perf_counter()
+    ahead = Ahead.of(known, horizon)
+    part = split.part_of_days(ahead.target_days)
+    later = np.arange(horizon) > 0  # horizon 1 is the one-week peer's
+    rng = np.random.default_rng(seed)
+    train = _ahead_examples(preprocessor, known, ahead, ahead.found & (part == 0) & later, rng)
+    val = _ahead_examples(preprocessor, known, ahead, ahead.found & (part == 1) & later, rng)
+    n_inputs = preprocessor.n_numeric
+    categorical = peer_categorical(preprocessor, n_inputs) + [n_inputs + len(preprocessor.cardinalities) + 1]
+    with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
+        result = _search(train, val, categorical, seed)
+        x, batch = _ahead_matrix(preprocessor, origins.iloc[at], step)
+        forecast = result.pop("model").predict(x) * batch.scale
+    result = {**result, "fit_seconds": round(time.perf_counter() - started, 1)}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache / f"{key}.parquet") as tmp:
+            ids.assign(forecast=forecast).to_parquet(tmp, index=False)
+        write_json(cache / f"{key}.json", result)
+    return {**result, "forecast": forecast, "cached": False}

@@ -197,8 +197,12 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"]}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
     # features of the training weeks are read only for the one run that fits the peer.
+    later = rows["horizon"].to_numpy() > 1
+    ahead_args = (forecaster.preprocessor, origins, at[later], rows["horizon"].to_numpy()[later] - 1)
+    ahead_cache = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": split}
     peer = baselines.cached_peer(forecaster.preprocessor, test, **peer_args)
-    if peer is None:
+    ahead = baselines.cached_peer_ahead(*ahead_args, **ahead_cache) if later.any() else None
+    if peer is None or (later.any() and ahead is None):
         parts = baselines.peer_parts(int(counts.sum()))
         if parts > 1:
             log.info("tree peer: fitted on 1/%d of the series (about %s label rows; baselines.PEER_MAX_ROWS)", parts,
@@ -206,11 +210,16 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
         reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, until=split.test_start), parts,
                                               rows_per_read)
         known = feature_store.shard_features(store, 0, parts, reads, until=split.test_start)
-        part = split.part(known[TIMESTAMP])
-        peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
+        if peer is None:
+            part = split.part(known[TIMESTAMP])
+            peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
+        if later.any() and ahead is None:
+            ahead = baselines.tree_peer_ahead(ahead_args[0], known, split, *ahead_args[1:], cache=workspace.baselines,
+                                              data=forecaster.params["data"])
+        del known
     labels = feature_store.read_labels(store)
     train = labels[split.part(labels[TIMESTAMP]) == 0]
-    result, holdout = score(rows, bands, train, peer_at(peer, origins, test.index, at, rows), has_signal,
+    result, holdout = score(rows, bands, train, peer_at(peer, origins, test.index, at, rows, ahead), has_signal,
                             baselines.year_before(labels, rows))
     result["test_weeks"] = {"from": f"{forecaster.split.test_start:%Y-%m-%d}",
                             "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
@@ -219,12 +228,17 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     return result, holdout
 
 
-def peer_at(peer: dict, frame: pd.DataFrame, forecast_rows: pd.Index, at: np.ndarray, rows: pd.DataFrame) -> dict:
-    """The tree peer forecasts the week of each of ``frame``'s ``forecast_rows`` (one week ahead): its forecast of
-    each of ``rows`` (forecast_weeks' rows, origins ``at``) at horizon 1, NaN at the others."""
+def peer_at(peer: dict, frame: pd.DataFrame, forecast_rows: pd.Index, at: np.ndarray, rows: pd.DataFrame,
+            ahead: dict | None = None) -> dict:
+    """The tree peer's forecast of each of ``rows`` (forecast_weeks' rows, origins ``at`` in ``frame``): at horizon 1
+    the one-week peer's (``peer``, which forecast the week of each of ``frame``'s ``forecast_rows``), at later ones
+    ``ahead``'s (baselines.tree_peer_ahead, in the order of those rows)."""
     by_origin = np.full(len(frame), np.nan)
     by_origin[frame.index.get_indexer(forecast_rows)] = peer["forecast"]
-    forecast = np.where(rows["horizon"].to_numpy() == 1, by_origin[at], np.nan)
+    first = rows["horizon"].to_numpy() == 1
+    forecast = np.where(first, by_origin[at], np.nan)
+    if ahead is not None:
+        forecast[~first] = ahead["forecast"]
     return {**peer, "forecast": forecast}
 
 
@@ -299,7 +313,8 @@ def holiday_weeks(weeks: pd.Series) -> list[str]:
 
 
 FLOOR_LABEL = "noise floor (MAE/WMAE only)"
-HORIZON_COLUMNS = ("model", "seasonal_naive", "last_value", "moving_average_4", "series_mean", "noise_floor")
+HORIZON_COLUMNS = ("model", baselines.PEER, "seasonal_naive", "last_value", "moving_average_4", "series_mean",
+                   "noise_floor")
 
 
 def horizon_table(table: list[dict]) -> list[str]:

@@ -240,8 +240,9 @@ def write(out: Path, result: dict, holdout: pd.DataFrame, forecast: pd.DataFrame
         plot_horizons(ahead, result, out / "horizons.png")
         horizons = ["## By horizon", "",
                     f"The model forecasts {result['horizon']} weeks from each origin. Held-out WMAE at each horizon, "
-                    "against the naive baselines at the same horizon (they carry the origin's values forward; the "
-                    "tree peer forecasts one week ahead only):", "", "```", *horizon_table(result["by_horizon"]),
+                    "against the naive baselines at the same horizon (they carry the origin's values forward) and the "
+                    "tree peer (beyond one week: one model with the horizon and the target week's calendar as "
+                    "features):", "", "```", *horizon_table(result["by_horizon"]),
                     "```", "", "![WMAE by horizon](horizons.png)", ""]
     plot_training(training, out / "training.png")
     weeks = result["test_weeks"]
