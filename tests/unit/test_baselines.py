@@ -125,3 +125,36 @@ def test_the_seasonal_naive_of_a_later_week_is_that_week_a_year_before():
     forecasts, _ = baselines.naive_forecasts(out.labels, rows, seasonal)
     known = ~np.isnan(seasonal)
     np.testing.assert_array_equal(forecasts["seasonal_naive"][known], seasonal[known])
+
+
+def test_the_peer_beyond_one_week_learns_from_training_weeks_and_forecasts_every_pair(tmp_path):
+    """Its examples are later weeks of origins in the weeks before the held-out ones, a training target before the
+    validation weeks and a validation target in them; it forecasts each asked (origin, step) pair, and its cache
+    answers the same pairs only."""
+    from salesfc import features
+    from salesfc.data import synthetic
+    from salesfc.dataset import Ahead, Split
+
+    out = features.engineer(synthetic.generate("tiny", seed=2))
+    frame = out.labels.merge(out.sales_history.drop(columns=["store", "dept"]), on=["store_dept", TIMESTAMP])
+    frame = frame.merge(out.store_context, on=["store", TIMESTAMP])
+    split = Split.from_weeks(frame[TIMESTAMP], 13, 26)
+    known = frame[frame[TIMESTAMP] < split.test_start].reset_index(drop=True)
+    pre = Preprocessor.fit(known[split.part(known[TIMESTAMP]) == 0])
+    ahead = Ahead.of(known, 4)
+    part = split.part_of_days(ahead.target_days)
+    examples = baselines._ahead_examples(pre, known, ahead, ahead.found & (part == 0) & (np.arange(4) > 0),
+                                         np.random.default_rng(0))
+    steps = examples.x[:, -4].astype(int) - 1
+    assert set(steps) == {1, 2, 3}  # horizons 2 to 4, never 1
+    assert len(steps) == (ahead.found & (part == 0) & (np.arange(4) > 0)).any(axis=1).sum()
+
+    origins = frame[frame[TIMESTAMP] >= split.test_start - pd.Timedelta(weeks=3)].reset_index(drop=True)
+    at = np.repeat(np.arange(len(origins)), 3)
+    step = np.tile([1, 2, 3], len(origins))
+    peer = baselines.tree_peer_ahead(pre, known, split, origins, at, step, cache=tmp_path, data="d")
+    assert peer["forecast"].shape == (len(at),) and np.isfinite(peer["forecast"]).all() and not peer["cached"]
+    assert peer["chosen"] in baselines.PEER_GRID
+    again = baselines.tree_peer_ahead(pre, known, split, origins, at, step, cache=tmp_path, data="d")
+    assert again["cached"] and np.array_equal(again["forecast"], peer["forecast"])
+    assert baselines.cached_peer_ahead(pre, origins, at[:-1], step[:-1], cache=tmp_path, data="d", split=split) is None
