@@ -81,8 +81,8 @@ def horizons(results: dict[int, dict]) -> dict:
         model = statistics.fmean(r["by_horizon"][i]["wmae"]["model"] for r in results.values())
         gap = model / entry["wmae"][PEER] - 1
         worst = max(worst, gap)
-        band = [r["by_horizon"][i].get("coverage") for r in results.values()]
-        holiday = [r["by_horizon"][i].get("coverage_holiday") for r in results.values()]
+        band = [r["by_horizon"][i].get("quantiles", {}).get("coverage") for r in results.values()]
+        holiday = [r["by_horizon"][i].get("quantiles", {}).get("coverage_holiday") for r in results.values()]
         rows.append([entry["horizon"], round(model), *[round(entry["wmae"][n]) for n in names], f"{100 * gap:+.1f}%",
                      f"{statistics.fmean(band):.1%}" if None not in band else "",
                      f"{statistics.fmean(holiday):.1%}" if None not in holiday else ""])

@@ -201,6 +201,18 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, threads: int, size: i
     return 2 * size ** 3 * n / (time.perf_counter() - tick)
 
 
+def print_loops(results: list[dict], device: str, flops_per_sample: int) -> None:
+    print(table([[f"{r['procs']} x {device}", round(r["salesfc"]), round(r["plain"]), round(r["batched"]),
+                  f"{r['salesfc'] / r['plain']:.2f}x", f"{r['salesfc'] / r['batched']:.2f}x",
+                  f"{r['salesfc'] * flops_per_sample / 1e9:.1f}", f"{r['limit_flops'] / 1e9:.1f}",
+                  f"{r['salesfc'] / r['limit_samples']:.0%}"] for r in results],
+                ["processes", "salesfc samples/s", "plain samples/s", "batched samples/s", "vs plain", "vs batched",
+                 "salesfc GFLOP/s", "matmul GFLOP/s", "of limit"]))
+    print("plain: a per-row Dataset with the default collation (the seed's loop, a weak reference); batched: the same "
+          "DataLoader handing out whole batches by tensor indexing (the stronger reference)")
+    print("goal on CPU: >= 1.5x the plain loop and >= 50% of the limit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -228,7 +240,7 @@ def main() -> None:
           f"{flops_per_sample:,} FLOPs per sample (forward+backward); global batch {args.batch_size}, dropout "
           f"{args.dropout:g}")
     results = []
-    for procs in [int(p) for p in args.procs.split(",")]:
+    for procs in [int(p) for p in args.procs.split(",") if p.strip()]:
         limit = matmul_flops(device, dtype, max(1, cores // procs) * procs if device.type == "cpu" else 1)
         ours = measure("salesfc", procs, options)
         plain = measure("plain", procs, options)
@@ -240,15 +252,8 @@ def main() -> None:
         if args.epochs >= 10 or device.type == "cuda":
             print(f"{procs} process(es): salesfc {args.epochs} epochs in {ours['seconds']:.2f} s; the plain loop "
                   f"would take {args.epochs * rows / plain_rate:.1f} s (at its measured rate)")
-    print(table([[f"{r['procs']} x {args.device}", round(r["salesfc"]), round(r["plain"]), round(r["batched"]),
-                  f"{r['salesfc'] / r['plain']:.2f}x", f"{r['salesfc'] / r['batched']:.2f}x",
-                  f"{r['salesfc'] * flops_per_sample / 1e9:.1f}", f"{r['limit_flops'] / 1e9:.1f}",
-                  f"{r['salesfc'] / r['limit_samples']:.0%}"] for r in results],
-                ["processes", "salesfc samples/s", "plain samples/s", "batched samples/s", "vs plain", "vs batched",
-                 "salesfc GFLOP/s", "matmul GFLOP/s", "of limit"]))
-    print("plain: a per-row Dataset with the default collation (the seed's loop, a weak reference); batched: the same "
-          "DataLoader handing out whole batches by tensor indexing (the stronger reference)")
-    print("goal on CPU: >= 1.5x the plain loop and >= 50% of the limit")
+    if results:
+        print_loops(results, args.device, flops_per_sample)
     horizons = [int(h) for h in args.horizons.split(",") if h.strip()]
     if horizons:
         costs = []

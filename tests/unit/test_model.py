@@ -179,7 +179,9 @@ def test_each_horizon_sees_the_calendar_of_its_own_target_week():
 
     network = model_lib.build(model_lib.model_config(2, [3], 2, [4], 0.0, horizon=8))
     origins = pd.Series(pd.to_datetime(["2011-11-04", "2012-12-21", "2010-02-05"]))
-    week, near = network.target_calendar(torch.from_numpy(epoch_days(origins.dt.tz_localize("UTC"))))
+    found = network.target_calendar(torch.from_numpy(epoch_days(origins.dt.tz_localize("UTC"))))
+    week, near = found.week[found.index], found.near[found.index]
+    assert len(found.week) == len({d + pd.Timedelta(weeks=h) for d in origins for h in range(8)})  # each week once
     for h in range(8):
         target = origins + pd.Timedelta(weeks=h)
         expected = features.calendar(target)

@@ -35,7 +35,7 @@ import pandas as pd
 from salesfc import baselines, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
-from salesfc.infer import FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, peer_at, score
+from salesfc.infer import FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, horizon_table, peer_at, score
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
@@ -172,72 +172,17 @@ def horizon_summary(table: pd.DataFrame, folds: list[Fold], names: list[str], ba
                                                         **{q: part[c] for q, c in band_columns.items()}},
                                        part["is_holiday"]) for part in per_fold]
             holiday = [b["coverage_holiday"] for b in bands if b["coverage_holiday"] is not None]
-            entry["coverage"] = statistics.fmean(b["coverage"] for b in bands)
-            entry["coverage_holiday"] = statistics.fmean(holiday) if holiday else None
-            entry["pinball"] = {name: statistics.fmean(b["pinball"][name] for b in bands) for name in bands[0]["pinball"]}
+            entry["quantiles"] = {
+                "coverage": statistics.fmean(b["coverage"] for b in bands),
+                "coverage_holiday": statistics.fmean(holiday) if holiday else None,
+                "pinball": {name: statistics.fmean(b["pinball"][name] for b in bands) for name in bands[0]["pinball"]}}
         result.append(entry)
     return result
 
 
 def horizon_lines(summary: dict) -> list[str]:
-    """WMAE by horizon (mean over folds), one line per horizon; with quantiles, the band's coverage."""
-    table = summary.get("by_horizon")
-    if not table:
-        return []
-    names = [n for n in (*COLUMNS, "noise_floor") if n in table[0]["wmae"]]
-    lines = [f"{'horizon (weeks ahead)':<22}" + "".join(f"{n.replace('_', ' ')[:16]:>17}" for n in names)
-             + ("" if "coverage" not in table[0] else f"{'band holds':>12}{'holiday':>9}")]
-    for entry in table:
-        line = f"{entry['horizon']:<22}" + "".join(
-            f"{entry['wmae'][n]:>17,.0f}" if n in entry["wmae"] else f"{'':>17}" for n in names)
-        if "coverage" in entry:
-            holiday = entry["coverage_holiday"]
-            line += f"{entry['coverage']:>12.1%}" + (f"{holiday:>9.1%}" if holiday is not None else f"{'':>9}")
-        lines.append(line)
-    return lines
-
-
-COLUMNS = ("model", baselines.PEER, *baselines.NAIVE)
-
-
-def text_table(summary: dict) -> list[str]:
-    """WMAE per fold and the mean over folds (the figure accuracy claims use), one line per forecaster."""
-    names = [n for n in COLUMNS if n in summary["forecasters"]] + \
-        (["noise_floor"] if "noise_floor" in summary["forecasters"] else [])
-    head = f"{'WMAE ($)':<28}" + "".join(f"{f['from']:>12}" for f in summary["folds"]) + f"{'mean':>12}"
-    lines = [head]
-    for name in names:
-        label = FLOOR_LABEL if name == "noise_floor" else name
-        lines.append(f"{label:<28}" + "".join(f"{f['all_weeks'][name]['wmae']:>12,.0f}" for f in summary["folds"])
-                     + f"{summary['mean'][name]['wmae']:>12,.0f}")
-    lines.append(f"{'holiday weeks in fold':<28}" + "".join(f"{len(f['holidays']):>12}" for f in summary["folds"]))
-    return lines
-
-
-def band_lines(summary: dict) -> list[str]:
-    """The model's quantile band fold by fold (trained with --quantiles): coverage and pinball loss."""
-    lines = []
-    for f in summary["folds"]:
-        band = f.get("model_quantiles")
-        if band:
-            holiday = "" if band["coverage_holiday"] is None else f", holiday weeks {band['coverage_holiday']:.1%}"
-            lines.append(f"fold {f['fold']}: {band['band']} band holds {band['coverage']:.1%} of actuals (nominal "
-                         f"{band['nominal']:.0%}{holiday}); pinball loss " + ", ".join(
-                             f"{name} ${value:,.0f}" for name, value in band["pinball"].items()))
-    return lines
-
-
-def holiday_lines(summary: dict) -> list[str]:
-    """Holiday weeks against the rest, model and tree peer, fold by fold."""
-    lines = []
-    for f in summary["folds"]:
-        if not f["holiday_weeks"]:
-            continue
-        h, o = f["holiday_weeks"], f["other_weeks"]
-        lines.append(f"fold {f['fold']} ({', '.join(f['holidays'])}): MAE on holiday weeks model "
-                     f"${h['model']['mae']:,.0f}, tree peer ${h[baselines.PEER]['mae']:,.0f}; other weeks model "
-                     f"${o['model']['mae']:,.0f}, tree peer ${o[baselines.PEER]['mae']:,.0f}")
-    return lines
+    """WMAE by horizon (mean over folds), one line per horizon; with quantiles, the band's share of actuals."""
+    return horizon_table(summary["by_horizon"]) if summary.get("by_horizon") else []
 
 
 def plot(table: pd.DataFrame, summary: dict, path) -> None:

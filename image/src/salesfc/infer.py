@@ -315,18 +315,24 @@ def holiday_weeks(weeks: pd.Series) -> list[str]:
 FLOOR_LABEL = "noise floor (MAE/WMAE only)"
 HORIZON_COLUMNS = ("model", baselines.PEER, "seasonal_naive", "last_value", "moving_average_4", "series_mean",
                    "noise_floor")
+HORIZON_LABELS = {baselines.PEER: "tree peer", "noise_floor": "noise floor"}
 
 
 def horizon_table(table: list[dict]) -> list[str]:
-    """The held-out WMAE at each horizon, the model against the naive baselines at the same horizon."""
+    """WMAE at each horizon, the model against the baselines at the same horizon; with quantiles, the share of
+    actuals inside the band, in all weeks and in holiday weeks."""
     names = [n for n in HORIZON_COLUMNS if n in table[0]["wmae"]]
     band = "quantiles" in table[0]
-    lines = [f"{'weeks ahead':<12}{'rows':>9}" + "".join(f"{n.replace('_', ' ')[:16]:>17}" for n in names)
-             + (f"{'band holds':>12}" if band else "")]
+    lines = [f"{'weeks ahead':<12}{'rows':>9}" + "".join(f"{HORIZON_LABELS.get(n, n.replace('_', ' '))[:16]:>17}"
+                                                        for n in names)
+             + (f"{'band holds':>12}{'holidays':>10}" if band else "")]
     for entry in table:
-        lines.append(f"{entry['horizon']:<12}{entry['rows']:>9,}" + "".join(
+        line = f"{entry['horizon']:<12}{entry['rows']:>9,}" + "".join(
             f"{entry['wmae'][n]:>17,.0f}" if n in entry["wmae"] else f"{'':>17}" for n in names)
-            + (f"{entry['quantiles']['coverage']:>12.1%}" if band and "quantiles" in entry else ""))
+        if band and "quantiles" in entry:
+            holiday = entry["quantiles"]["coverage_holiday"]
+            line += f"{entry['quantiles']['coverage']:>12.1%}" + (f"{holiday:>10.1%}" if holiday is not None else "")
+        lines.append(line)
     return lines
 
 

@@ -89,10 +89,17 @@ def plot_series(holdout: pd.DataFrame, forecast: pd.DataFrame, count: int, path:
         if "expected_sales" in series:
             ax.plot(weeks, series["expected_sales"], color=COLORS["expected_sales"], lw=0.8, ls=":",
                     label="noiseless signal")
-        ahead = forecast[(forecast["store"] == store) & (forecast["dept"] == dept)]
+        ahead = forecast[(forecast["store"] == store) & (forecast["dept"] == dept)].sort_values("week")
         if len(ahead):
-            ax.scatter(ahead["week"].dt.tz_localize(None), ahead["predicted_sales"], color=COLORS["model"],
-                       marker="*", s=120, zorder=3, label="model: next week")
+            future = ahead["week"].dt.tz_localize(None)
+            ahead_bands = sorted((c for c in ahead.columns if c.startswith("predicted_sales_p")),
+                                 key=lambda c: float(c.removeprefix("predicted_sales_p")))
+            if ahead_bands and len(ahead) > 1:  # the band of the weeks ahead (--horizon), from the lowest quantile
+                ax.fill_between(future, ahead[ahead_bands[0]], ahead[ahead_bands[-1]], color=COLORS["model"],
+                                alpha=0.3, lw=0)
+            ax.scatter(future, ahead["predicted_sales"], color=COLORS["model"], marker="*",
+                       s=120 if len(ahead) == 1 else 40, zorder=3,
+                       label="model: next week" if len(ahead) == 1 else f"model: the next {len(ahead)} weeks")
         ax.set_title(f"store {store}, department {dept}", fontsize=10)
         ax.tick_params(labelsize=8)
         dollars(ax)
