@@ -2,11 +2,12 @@
 
 An MLP (256-128-64 by default) over the numeric inputs and learned embeddings of store, department, week of year,
 store type and holiday; it predicts weekly sales divided by the row's scale (see salesfc.dataset). With a horizon H
-above 1 it forecasts weeks t+1 ... t+H from one origin (a direct multi-horizon head): the MLP's last hidden layer
-is read once per row, and a small decoder adds, per target week, a learned vector for the horizon, one for the target
-week's week of year and a projection of its distance to Thanksgiving and Christmas (that calendar is known ahead,
-looked up from the date: ``calendar_table``), so the cost of a row grows by one narrow layer per horizon, not by a
-network per horizon. The network is
+above 1 it forecasts weeks t+1 ... t+H from one origin (a direct multi-horizon head): every horizon's forecast is the
+one-week head's (the MLP's last layer, as a one-week network has it) plus a small decoder's term. The decoder reads
+the last hidden layer once per row (a projection to DECODER_WIDTH) and adds, per target week, a learned vector for the
+horizon, one for the target week's week of year and a projection of its distance to Thanksgiving and Christmas (that
+calendar is known ahead, looked up from the date: ``calendar_table``), then one ReLU and one output. A row costs one
+narrow layer more per horizon, not a network per horizon. The network is
 an ensemble of ``members`` such MLPs, each with its own initial weights and dropout masks, trained side by side on
 the same batches (each on its own loss) and averaged when forecasting: averaging independently trained networks
 cancels much of their seed-to-seed variance, which on this data is as large as the differences between
@@ -136,9 +137,12 @@ class Member(nn.Module):
             width = size
         # One horizon: the last layer is the forecast. More: it is the decoder's projection of the row, to which each
         # target week adds its own terms (one horizon keeps the single-horizon network, and its checkpoints, as is).
-        layers.append(nn.Linear(width, 1 if horizon == 1 else DECODER_WIDTH))
+        layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
         if horizon > 1:
+            # Every horizon's forecast is the one-week head's (the last layer, as one horizon has it) plus the
+            # decoder's term for that horizon and target week.
+            self.decode = nn.Linear(width, DECODER_WIDTH)
             self.horizon_embedding = nn.Embedding(horizon, DECODER_WIDTH)
             self.week_embedding = nn.Embedding(WEEK_CODES, DECODER_WIDTH)
             self.near = nn.Linear(2, DECODER_WIDTH, bias=False)
@@ -152,15 +156,15 @@ class Member(nn.Module):
         features = torch.cat([numeric, self.embedding(categories + self.offsets).flatten(1)], dim=1)
         for layer in self.mlp[:-1]:
             features = layer(features)
+        base = self.mlp[-1](features).unsqueeze(1)
         if self.horizon == 1:
-            features = features.unsqueeze(1)
-            center = self.mlp[-1](features)
+            features, center = features.unsqueeze(1), base
         else:
             # Each distinct target week's calendar term once, then gathered for every (row, horizon).
             calendar = self.week_embedding(target_calendar.week) + self.near(target_calendar.near)
-            features = torch.relu(self.mlp[-1](features).unsqueeze(1) + self.horizon_embedding.weight
+            features = torch.relu(self.decode(features).unsqueeze(1) + self.horizon_embedding.weight
                                   + calendar[target_calendar.index])
-            center = self.out(features)
+            center = base + self.out(features)
         if self.gaps is None:
             return center
         # The band learns from the median's network without pulling on it: its losses reach the gap layer only, so
@@ -245,10 +249,9 @@ def flops_per_sample(config: dict) -> int:
     for size in config["hidden"]:
         macs += width * size
         width = size
+    macs += width * outputs
     if horizon > 1:  # the row's projection, then per horizon the outputs (the calendar's terms: per distinct week)
         macs += width * DECODER_WIDTH + horizon * DECODER_WIDTH * outputs
-    else:
-        macs += width * outputs
     return 6 * macs * config.get("members", 1)
 
 

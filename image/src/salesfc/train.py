@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 # week's sales (what WMAE rewards), not the mean, which right-skewed sales pull upwards.
 HUBER_DELTA = 0.02
 WARMUP_EPOCHS = 1
+# With more than one horizon, next week's forecast takes this share of the loss and the later weeks the rest, evenly.
+# Measured on full-size data (seed 7, one network, a year of held-out weeks): with a share of 0.5 the 13-week network's
+# one-week WMAE was 0.7% above the one-week network's; with 0.25, 7.0% (the later weeks 0-10% better). At an even
+# 1/13 (and no one-week head) its holiday fold was 27% worse.
+HORIZON_ONE_SHARE = 0.5
 # Validation and checkpoints use an exponential moving average of the weights: it smooths the epoch-to-epoch
 # noise of a small batch, so early stopping and the saved model depend much less on the seed.
 EMA_DECAY = 0.998
@@ -186,6 +191,11 @@ class Trainer:
             CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps - warmup))], milestones=[warmup])
         self.last_lr = config.lr
         self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
+        horizon = network.horizon
+        later = [(1 - HORIZON_ONE_SHARE) / (horizon - 1)] * (horizon - 1)
+        # x horizon: the loss stays a mean over (row, horizon)
+        self.horizon_shares = torch.tensor([1.0] if horizon == 1 else [HORIZON_ONE_SHARE, *later],
+                                           device=self.device) * horizon
         self.epoch = 0
         self.best_loss = math.inf
         self.best_epoch = -1
@@ -197,6 +207,7 @@ class Trainer:
         (quantile_loss of each, summed); the mean over members, rows and horizons (a target that does not count has
         weight 0)."""
         prediction = prediction.float()
+        weight = weight * self.horizon_shares
         if prediction.dim() == 3:
             return (quantile_loss(prediction, target, 0.5) * weight).mean()
         error = sum(quantile_loss(prediction[..., i], target, q) for i, q in enumerate(self.raw_network.quantiles))
@@ -268,7 +279,7 @@ class Trainer:
                                           a["val_days"][start:end]).float()
             weight = a["val_weight"][start:end]
             error = quantile_loss(prediction, a["val_target"][start:end], 0.5)
-            loss_sum[0] += (error * weight).sum().double()
+            loss_sum[0] += (error * weight * self.horizon_shares).sum().double()
             counted = weight > 0  # the (row, horizon) targets in the validation weeks
             loss_sum[1] += counted.sum()
             scale = a["val_scale"][start:end].unsqueeze(1)
