@@ -68,3 +68,18 @@ def test_a_resumed_schedule_continues_where_it_stopped(trainer, tmp_path):
         again.resume()
         assert again.epoch == 1
         assert lrs(again, per_epoch) == pytest.approx(rest, rel=1e-9, abs=1e-12)
+
+
+def test_next_week_takes_its_share_of_a_multi_horizon_loss(monkeypatch, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    config = settings.Config.defaults("train", epochs=EPOCHS, lr=LR, batch_size=128, device="cpu", horizon=5)
+    model_config = model_lib.model_config(4, [3], 4, (8,), 0.0, 1, horizon=5)
+    trainer = train.Trainer(config, distributed.setup("cpu"), tmp_path, {"train_numeric": torch.zeros(ROWS, 4)},
+                            {"model_config": model_config, "run": {}})
+    prediction, target = torch.zeros(1, 8, 5), torch.zeros(8, 5)
+    target[:, 0] = 1.0  # next week's error alone
+    alone = trainer.loss(prediction, target, torch.ones(8, 5))
+    target[:, 0], target[:, 1:] = 0.0, 1.0  # the later weeks' errors alone
+    later = trainer.loss(prediction, target, torch.ones(8, 5))
+    assert float(alone) == pytest.approx(float(later)) and float(alone) > 0  # half the loss each

@@ -192,10 +192,9 @@ class Trainer:
         self.last_lr = config.lr
         self.use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
         horizon = network.horizon
-        later = [(1 - HORIZON_ONE_SHARE) / (horizon - 1)] * (horizon - 1)
-        # x horizon: the loss stays a mean over (row, horizon)
-        self.horizon_shares = torch.tensor([1.0] if horizon == 1 else [HORIZON_ONE_SHARE, *later],
-                                           device=self.device) * horizon
+        shares = [1.0] if horizon == 1 else [HORIZON_ONE_SHARE] + [(1 - HORIZON_ONE_SHARE) / (horizon - 1)] * (
+            horizon - 1)
+        self.horizon_shares = torch.tensor(shares, device=self.device) * horizon  # x horizon: still a mean
         self.epoch = 0
         self.best_loss = math.inf
         self.best_epoch = -1
