@@ -86,8 +86,7 @@ def horizons(results: dict[int, dict]) -> dict:
         rows.append([entry["horizon"], round(model), *[round(entry["wmae"][n]) for n in names], f"{100 * gap:+.1f}%",
                      f"{statistics.fmean(band):.1%}" if None not in band else "",
                      f"{statistics.fmean(holiday):.1%}" if None not in holiday else ""])
-    print("
-WMAE $ by horizon (mean over folds; model: mean over training seeds)")
+    print("\nWMAE $ by horizon (mean over folds; model: mean over training seeds)")
     print(table(rows, ["weeks ahead", "model", *names, "model vs peer", "P10-P90 holds", "in holiday weeks"]))
     print(f"worst horizon: model {100 * worst:+.1f}% against the tree peer (goal: better at every horizon)")
     return {"worst_gap": worst}

@@ -180,6 +180,49 @@ def horizon_summary(table: pd.DataFrame, folds: list[Fold], names: list[str], ba
     return result
 
 
+COLUMNS = ("model", baselines.PEER, *baselines.NAIVE)
+
+
+def text_table(summary: dict) -> list[str]:
+    """WMAE per fold and the mean over folds (the figure accuracy claims use), one line per forecaster."""
+    names = [n for n in COLUMNS if n in summary["forecasters"]] + \
+        (["noise_floor"] if "noise_floor" in summary["forecasters"] else [])
+    head = f"{'WMAE ($)':<28}" + "".join(f"{f['from']:>12}" for f in summary["folds"]) + f"{'mean':>12}"
+    lines = [head]
+    for name in names:
+        label = FLOOR_LABEL if name == "noise_floor" else name
+        lines.append(f"{label:<28}" + "".join(f"{f['all_weeks'][name]['wmae']:>12,.0f}" for f in summary["folds"])
+                     + f"{summary['mean'][name]['wmae']:>12,.0f}")
+    lines.append(f"{'holiday weeks in fold':<28}" + "".join(f"{len(f['holidays']):>12}" for f in summary["folds"]))
+    return lines
+
+
+def band_lines(summary: dict) -> list[str]:
+    """The model's quantile band fold by fold (trained with --quantiles): coverage and pinball loss."""
+    lines = []
+    for f in summary["folds"]:
+        band = f.get("model_quantiles")
+        if band:
+            holiday = "" if band["coverage_holiday"] is None else f", holiday weeks {band['coverage_holiday']:.1%}"
+            lines.append(f"fold {f['fold']}: {band['band']} band holds {band['coverage']:.1%} of actuals (nominal "
+                         f"{band['nominal']:.0%}{holiday}); pinball loss " + ", ".join(
+                             f"{name} ${value:,.0f}" for name, value in band["pinball"].items()))
+    return lines
+
+
+def holiday_lines(summary: dict) -> list[str]:
+    """Holiday weeks against the rest, model and tree peer, fold by fold."""
+    lines = []
+    for f in summary["folds"]:
+        if not f["holiday_weeks"]:
+            continue
+        h, o = f["holiday_weeks"], f["other_weeks"]
+        lines.append(f"fold {f['fold']} ({', '.join(f['holidays'])}): MAE on holiday weeks model "
+                     f"${h['model']['mae']:,.0f}, tree peer ${h[baselines.PEER]['mae']:,.0f}; other weeks model "
+                     f"${o['model']['mae']:,.0f}, tree peer ${o[baselines.PEER]['mae']:,.0f}")
+    return lines
+
+
 def horizon_lines(summary: dict) -> list[str]:
     """WMAE by horizon (mean over folds), one line per horizon; with quantiles, the band's share of actuals."""
     return horizon_table(summary["by_horizon"]) if summary.get("by_horizon") else []
