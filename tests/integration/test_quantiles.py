@@ -95,7 +95,8 @@ def test_a_multi_horizon_model_forecasts_every_week_ahead_and_is_scored_at_each(
     assert [entry["horizon"] for entry in summary["by_horizon"]] == [1, 2, 3, 4]
     assert summary["by_horizon"][0]["wmae"]["model"] == pytest.approx(summary["mean"]["model"]["wmae"])
     assert all("gradient_boosted_trees" in entry["wmae"] for entry in summary["by_horizon"])
-    assert "horizon (weeks ahead)" in out.stdout
+    assert "weeks ahead" in out.stdout
+    assert "weeks ahead" in (tmp_path / "work" / "backtests" / "bt" / "backtest.md").read_text()
 
 
 def test_a_horizon_beyond_39_weeks_is_refused(tmp_path, run_salesfc):
