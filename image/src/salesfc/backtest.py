@@ -15,7 +15,8 @@ For each fold, everything is refitted on the weeks before its first week (its cu
 A forecast of week t is made from the sales up to t - 1 (one week ahead, as the deployed model is used); with
 ``--horizon H`` each fold week is also forecast 2 ... H weeks ahead, from origins up to H - 1 weeks before the cutoff
 (their features end before the cutoff too), and the naive baselines carry their origin's values forward; the tree
-peer beyond one week is one model with the horizon as a feature (baselines.tree_peer_ahead). The headline figures are the one-week forecasts; ``by_horizon`` has every horizon.
+peer beyond one week is one model with the horizon as a feature (baselines.tree_peer_ahead). The headline figures
+are the one-week forecasts; ``by_horizon`` has every horizon.
 The result is one frame of (cutoff, series, week, horizon, actual, one column per forecaster), from which every
 table and plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other
 weeks, mean over folds), ``backtest.md`` and ``backtest.png``.
@@ -35,7 +36,8 @@ import pandas as pd
 from salesfc import baselines, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
-from salesfc.infer import FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, horizon_table, peer_at, score
+from salesfc.infer import (FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, horizon_table, later_weeks,
+                           peer_at, score)
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
@@ -103,12 +105,11 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
                                cache=config.workspace.baselines, data=data, split=split.to_json())
     targets, bands, at = forecast_weeks(forecaster, origins, fold.cutoff, fold.last_week)
-    later = targets["horizon"].to_numpy() > 1
+    later_at, later_step = later_weeks(targets, at)
     ahead = None
-    if later.any():
-        ahead = baselines.tree_peer_ahead(forecaster.preprocessor, known, split, origins, at[later],
-                                          targets["horizon"].to_numpy()[later] - 1, cache=config.workspace.baselines,
-                                          data=data)
+    if len(later_at):
+        ahead = baselines.tree_peer_ahead(forecaster.preprocessor, known, split, origins, later_at, later_step,
+                                          cache=config.workspace.baselines, data=data)
     _, table = score(targets, bands, known[part == 0], peer_at(peer, origins, rows.index, at, targets, ahead),
                      has_signal, baselines.year_before(frame, targets))
     log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",

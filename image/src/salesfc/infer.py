@@ -197,12 +197,12 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"]}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
     # features of the training weeks are read only for the one run that fits the peer.
-    later = rows["horizon"].to_numpy() > 1
-    ahead_args = (forecaster.preprocessor, origins, at[later], rows["horizon"].to_numpy()[later] - 1)
-    ahead_cache = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": split}
+    later_at, later_step = later_weeks(rows, at)
+    ahead_args = {"cache": workspace.baselines, "data": forecaster.params["data"]}
     peer = baselines.cached_peer(forecaster.preprocessor, test, **peer_args)
-    ahead = baselines.cached_peer_ahead(*ahead_args, **ahead_cache) if later.any() else None
-    if peer is None or (later.any() and ahead is None):
+    ahead = (baselines.cached_peer_ahead(forecaster.preprocessor, origins, later_at, later_step, split=split,
+                                         **ahead_args) if len(later_at) else None)
+    if peer is None or (len(later_at) and ahead is None):
         parts = baselines.peer_parts(int(counts.sum()))
         if parts > 1:
             log.info("tree peer: fitted on 1/%d of the series (about %s label rows; baselines.PEER_MAX_ROWS)", parts,
@@ -213,9 +213,9 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
         if peer is None:
             part = split.part(known[TIMESTAMP])
             peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], test, **peer_args)
-        if later.any() and ahead is None:
-            ahead = baselines.tree_peer_ahead(ahead_args[0], known, split, *ahead_args[1:], cache=workspace.baselines,
-                                              data=forecaster.params["data"])
+        if len(later_at) and ahead is None:
+            ahead = baselines.tree_peer_ahead(forecaster.preprocessor, known, split, origins, later_at, later_step,
+                                              **ahead_args)
         del known
     labels = feature_store.read_labels(store)
     train = labels[split.part(labels[TIMESTAMP]) == 0]
@@ -226,6 +226,13 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
                             "horizon": forecaster.horizon,
                             "holidays": holiday_weeks(test[TIMESTAMP])}
     return result, holdout
+
+
+def later_weeks(rows: pd.DataFrame, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of forecast_weeks' rows (origins ``at``), those 2 or more weeks ahead, as the tree peer beyond one week takes
+    them: each one's origin and its step (weeks ahead - 1)."""
+    horizon = rows["horizon"].to_numpy()
+    return at[horizon > 1], horizon[horizon > 1] - 1
 
 
 def peer_at(peer: dict, frame: pd.DataFrame, forecast_rows: pd.Index, at: np.ndarray, rows: pd.DataFrame,

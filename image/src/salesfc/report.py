@@ -149,7 +149,8 @@ def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
     steps = [entry["horizon"] for entry in table]
     for name in table[0]["wmae"]:
         axes[0, 0].plot(steps, [entry["wmae"].get(name, np.nan) for entry in table], marker="o", ms=3,
-                        color=COLORS.get(name, "tab:red"), label=label(name), ls=":" if name == "noise_floor" else "-")
+                        color=COLORS.get(name, "tab:red"), label=label(name),
+                        ls=":" if name == "noise_floor" else "-")
     axes[0, 0].set_xlabel("weeks ahead")
     axes[0, 0].set_ylabel("WMAE ($)")
     axes[0, 0].set_title("Held-out WMAE by horizon")
