@@ -12,7 +12,8 @@ What the bed has, and why:
 - Nodes: three CPU nodes and one 4-GPU node (``nvidia.com/gpu: 4``, tainted ``nvidia.com/gpu:NoSchedule``).
   KWOK runs their pods: Job pods complete, ``helm test`` pods (hook annotation ``test``) succeed, other pods
   stay Running and Ready. Pods of the namespace ``salesfc-fail-once`` in a JobSet's first attempt fail instead,
-  so a test can show what a lost trainer pod does.
+  so a test can show what a lost trainer pod does. The chart's launch hook pods alone really run: the bed's pod
+  runner runs their command on this machine as their ServiceAccount (see RUN_HERE_SELECTOR).
 - Restricted Pod Security enforced on every namespace but the controllers' own.
 - A default StorageClass with no provisioner and hostPath PersistentVolumes (RWO, ROX, RWX) so claims bind.
 - The controllers run as processes, not pods. Their certificate rotators write the webhook Secret and then wait
@@ -65,6 +66,12 @@ FAIL_ONCE_NAMESPACE = "salesfc-fail-once"
 HOLD_NAMESPACE = "salesfc-hold"
 RELEASE_ANNOTATION = "salesfc.test/release"
 NODE_LABEL = {"type": "kwok"}
+# Pods KWOK cannot fake: the chart's launch hook must really call the API server (it creates the release's
+# TrainJob). The bed's pod runner (``run-pods``) runs their container's command on this machine as the pod's
+# ServiceAccount (a token from the TokenRequest API, so the release's RBAC applies) and writes the outcome into the
+# pod's status, as a kubelet would. Any other pod is KWOK's.
+RUN_HERE_SELECTOR = "app.kubernetes.io/part-of=salesfc,app.kubernetes.io/component=launch"
+RUN_HERE_TIMEOUT_S = 300
 
 # KWOK's pod delays (ms): short, so a test does not wait, but not zero, so phases are seen in order.
 POD_DELAY_MS, POD_JITTER_MS = 200, 300
@@ -215,6 +222,8 @@ class Bed:
         self._start_kwok()
         self._start_jobset()
         self._start_trainer()
+        self.start("pod-runner", [sys.executable, str(Path(__file__).resolve()), "run-pods", "--dir", str(self.root),
+                                  "--trainer", self.trainer])
         log(f"up in {time.monotonic() - started:.0f} s: Trainer {self.trainer}, JobSet {self.jobset}, "
             f"KUBECONFIG={self.kubeconfig}")
         return self
@@ -354,6 +363,7 @@ class Bed:
                               '.metadata.labels["jobset.sigs.k8s.io/restart-attempt"] == "0")')
         held = (f'(.metadata.namespace == "{HOLD_NAMESPACE}" and .metadata.labels["jobset.sigs.k8s.io/jobset-name"] '
                 f'!= null and .metadata.annotations["{RELEASE_ANNOTATION}"] != "true")')
+        run_here = '.metadata.labels["app.kubernetes.io/component"]'
         for stage in stages:
             spec = stage["spec"]
             if "delay" in spec and spec["resourceRef"]["kind"] == "Pod":
@@ -363,7 +373,8 @@ class Bed:
                 complete = stage
                 spec["selector"]["matchExpressions"] += [
                     {"key": first_attempt_here, "operator": "NotIn", "values": ["true"]},
-                    {"key": held, "operator": "NotIn", "values": ["true"]}]
+                    {"key": held, "operator": "NotIn", "values": ["true"]},
+                    {"key": run_here, "operator": "NotIn", "values": ["launch"]}]
         # `helm test` pods have no owner: they succeed like Job pods.
         test_pods = json.loads(json.dumps(complete))
         test_pods["metadata"]["name"] = "pod-complete-helm-test"
@@ -589,6 +600,84 @@ def running(trainer: str, root: Path | None = None, feature_gates: tuple[str, ..
             raise BedError("processes left behind:\n" + "\n".join(left))
 
 
+# -- the pod runner ------------------------------------------------------------------------------------------------
+def _pod_command(container: dict) -> list[str]:
+    argv = [*container.get("command", []), *container.get("args", [])]
+    if not argv or argv[0] != "salesfc":
+        raise BedError(f"the bed runs only salesfc commands here, not {argv}")
+    return [sys.executable, "-m", "salesfc", *argv[1:]]
+
+
+def _pod_env(container: dict) -> dict:
+    env = {}
+    for item in container.get("env", []):
+        if "value" not in item:
+            raise BedError(f"the bed passes only plain env values, not {item}")
+        env[item["name"]] = item["value"]
+    return env
+
+
+def _token_kubeconfig(bed: Bed, namespace: str, account: str, path: Path) -> None:
+    """A kubeconfig for the bed's API server as the ServiceAccount, not the administrator."""
+    token = bed.kubectl("create", "token", account, "-n", namespace, "--duration=10m").stdout.strip()
+    config = yaml.safe_load(bed.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def run_pod(bed: Bed, pod: dict) -> None:
+    """Run a pod's one container here and report its end in the pod's status, as its kubelet would."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    container = pod["spec"]["containers"][0]
+    folder = bed.root / "pods"
+    folder.mkdir(exist_ok=True)
+    kubeconfig = folder / f"{namespace}.{name}.kubeconfig"
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        _token_kubeconfig(bed, namespace, pod["spec"].get("serviceAccountName", "default"), kubeconfig)
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **_pod_env(container),
+               "KUBECONFIG": str(kubeconfig)}
+        result = subprocess.run(_pod_command(container), env=env, capture_output=True, text=True,
+                                timeout=RUN_HERE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        code, output = result.returncode, result.stdout + result.stderr
+    except (BedError, subprocess.SubprocessError, OSError) as error:
+        code, output = 128, f"the bed could not run it: {error}\n"
+    (folder / f"{namespace}.{name}.log").write_text(output)
+    log(f"ran pod {namespace}/{name}: exit {code}")
+    status = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
+        "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+        "restartCount": 0, "started": False,
+        "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                 "message": output[-1000:], "startedAt": started,
+                                 "finishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}}]}
+    bed.kubectl("patch", "pod", "-n", namespace, name, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": status}))
+
+
+def run_pods(bed: Bed) -> None:
+    """Run every pod of RUN_HERE_SELECTOR once KWOK has it Running (each once, in a thread of its own)."""
+    import threading
+
+    seen = set()
+    while True:
+        try:
+            pods = bed.get("pods", "-A", "-l", RUN_HERE_SELECTOR)["items"]
+        except (BedError, subprocess.SubprocessError, ValueError) as error:
+            log(f"pod runner: {error}")
+            pods = []
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            if uid in seen or pod.get("status", {}).get("phase") != "Running" or pod["metadata"].get(
+                    "deletionTimestamp"):
+                continue
+            seen.add(uid)
+            threading.Thread(target=run_pod, args=(bed, pod), daemon=True).start()
+        time.sleep(0.5)
+
+
 def _down(root: Path) -> None:
     pids = root / "pids"
     if not pids.exists():
@@ -613,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--feature-gates", default="", help="Trainer feature gates, e.g. TrainJobStatus=true (v2.3)")
     down = sub.add_parser("down", help="stop what `up` started in --dir")
     down.add_argument("--dir", type=Path, required=True)
+    pods = sub.add_parser("run-pods", help="the bed's pod runner (`up` starts it): run the launch hook's pods here")
+    pods.add_argument("--dir", type=Path, required=True)
+    pods.add_argument("--trainer", choices=TRAINER_VERSIONS, default=TRAINER_VERSIONS[-1])
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -624,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                 bed.stop()
                 raise
             print(bed.kubeconfig)
+        elif args.command == "run-pods":
+            run_pods(Bed(trainer=args.trainer, root=args.dir.resolve()))
         else:
             _down(args.dir.resolve())
     except BedError as error:

@@ -138,7 +138,9 @@ class Rendered:
 
     @property
     def trainjob(self) -> dict:
-        return self.one("TrainJob")
+        """The TrainJob the launch hook creates: the one in the release's TrainJob ConfigMap."""
+        data = self.one("ConfigMap", "trainer")["data"]
+        return yaml.safe_load(data["trainjob.yaml"])
 
     def infer_job(self) -> dict:
         return self.one("Job", "infer")

@@ -13,6 +13,8 @@ from salesfc import cli, settings
 pytestmark = pytest.mark.chart
 
 TORCHRUN = ["torchrun", "-m", "salesfc", "train"]
+# launch only creates the TrainJob through the Kubernetes API: it reads no data, store or volume.
+NO_DATA = {"launch"}
 STORE_ENV = {"SALESFC_WORKDIR", "SALESFC_FEATURE_STORE", "SALESFC_PG_HOST", "SALESFC_PG_PORT", "SALESFC_PG_DATABASE",
              "SALESFC_PG_USER", "SALESFC_PG_SSLMODE", "SALESFC_PG_PASSWORD"}
 
@@ -36,6 +38,10 @@ def salesfc_runs(rendered) -> list[tuple[str, str, list[dict], dict]]:
     return runs
 
 
+def feature_store_configmap(rendered) -> dict:
+    return next(c for c in rendered.of_kind("ConfigMap") if "feature_store.yaml" in c["data"])
+
+
 def subcommand(command: list[str]) -> str:
     if command == TORCHRUN:
         return "train"
@@ -47,7 +53,7 @@ def subcommand(command: list[str]) -> str:
 def test_commands_are_real_subcommands(files):
     runs = salesfc_runs(render("helm4", files))
     seen = sorted(subcommand(cmd) for _, cmd, _, _ in runs)
-    assert seen == sorted(["check", "infer", "prep", "train"] + (["serve"] if serving_enabled(files) else [])), seen
+    assert seen == sorted(["check", "infer", "launch", "prep", "train"] + (["serve"] if serving_enabled(files) else [])), seen
     for where, cmd, _, _ in runs:
         assert subcommand(cmd) in cli.COMMANDS, f"{where}: {cmd}"
     assert render("helm4", files).trainjob["spec"]["trainer"]["command"] == ["torchrun"]
@@ -109,7 +115,7 @@ def test_each_command_gets_only_its_settings_and_they_parse(files):
                     accepted[name].parse(item["value"], name)
                 except settings.SettingError as err:
                     problems.append(f"{where}: {err}")
-        missing = STORE_ENV - set(names)
+        missing = STORE_ENV - set(names) if sub not in NO_DATA else set()
         if missing:
             problems.append(f"{where}: missing {sorted(missing)}")
     assert not problems, "\n".join(problems)
@@ -126,8 +132,11 @@ def test_checker_catches_a_setting_of_another_command(monkeypatch):
 @pytest.mark.parametrize("files", values_cases(), ids=case_id)
 def test_every_salesfc_pod_mounts_the_shared_volume_and_the_store_config(files):
     rendered = render("helm4", files)
-    config_map = rendered.one("ConfigMap")["metadata"]["name"]
+    config_map = feature_store_configmap(rendered)["metadata"]["name"]
     for where, command, env, container in salesfc_runs(rendered):
+        if subcommand(command) in NO_DATA:
+            assert not container.get("volumeMounts"), f"{where} reads no data: it mounts nothing"
+            continue
         values = {e["name"]: e.get("value") for e in env}
         assert values["SALESFC_WORKDIR"] == "/shared", where
         assert values["SALESFC_FEATURE_STORE"] == "/etc/salesfc/feature_store.yaml", where
@@ -135,7 +144,7 @@ def test_every_salesfc_pod_mounts_the_shared_volume_and_the_store_config(files):
         assert "/shared" in mounts and "/etc/salesfc" in mounts, where
     for where, _, spec in pod_specs(rendered):
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
-        if where.startswith("StatefulSet/"):
+        if where.startswith("StatefulSet/") or where.endswith("-launch"):
             continue
         assert volumes["feature-store"]["configMap"]["name"] == config_map, where
         assert volumes["feature-store"]["configMap"]["items"] == [{"key": "feature_store.yaml",
@@ -152,7 +161,7 @@ def test_inference_and_check_use_this_trainjobs_model(files):
         values = {e["name"]: e.get("value") for e in env}
         run_ids[subcommand(command)] = values.get("SALESFC_RUN_ID")
     # The service follows models/LATEST instead: a retrain is swapped in by the running pods.
-    assert run_ids == {"prep": None, "train": name, "infer": name, "check": name,
+    assert run_ids == {"prep": None, "launch": None, "train": name, "infer": name, "check": name,
                        **({"serve": None} if serving_enabled(files) else {})}
 
 
@@ -178,7 +187,7 @@ def test_prep_settings_follow_values():
 def test_prep_is_a_post_install_hook_that_keeps_its_logs():
     prep = render("helm4").one("Job", "prep")
     annotations = prep["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade,post-rollback"
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
     test_pod = render("helm4").one("Pod", "test")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -192,7 +201,7 @@ PG_ENV = {"SALESFC_PG_HOST": "db.test", "SALESFC_PG_PORT": "6543", "SALESFC_PG_D
 
 def rendered_feature_store(offline: str) -> str:
     rendered = render("helm4", (), (f"featureStore.offlineStore={offline}",))
-    return rendered.one("ConfigMap")["data"]["feature_store.yaml"]
+    return feature_store_configmap(rendered)["data"]["feature_store.yaml"]
 
 
 @pytest.mark.parametrize("offline", ["duckdb", "postgres"])

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from chartlib import (HELMS, TRAINER_VERSIONS, case_id, pod_specs, render, shared_file, values_cases)
+from chartlib import (HELMS, NAMESPACE, TRAINER_VERSIONS, case_id, pod_specs, render, shared_file, values_cases)
 from k8sschemas import K8S_VERSIONS, cel_errors, crd_errors, crd_schema, k8s_errors
 
 pytestmark = pytest.mark.chart
 
 TRAINER_KINDS = {"TrainJob": "trainjobs", "ClusterTrainingRuntime": "clustertrainingruntimes",
                  "TrainingRuntime": "trainingruntimes"}
-BUILT_IN = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "policy/v1", "autoscaling/v2"}
+BUILT_IN = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "policy/v1", "autoscaling/v2",
+            "rbac.authorization.k8s.io/v1"}
 # The TrainJob's name rules, the only CEL rules at a TrainJob's root: checked here by hand too, so that a new rule in a
 # later Trainer release is noticed (the set below must then be extended).
 KNOWN_ROOT_RULES = {"self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')", "size(self.metadata.name) <= 63"}
@@ -42,7 +43,7 @@ def test_builtin_objects_match_kubernetes_schemas(files, k8s):
         if obj["apiVersion"] in BUILT_IN:
             errors += [f"{obj['kind']}/{obj['metadata']['name']}: {e}" for e in k8s_errors(obj, k8s)]
             checked.add(obj["kind"])
-    assert {"ConfigMap", "Job", "Pod"} <= checked, f"only {sorted(checked)} were validated"
+    assert {"ConfigMap", "Job", "Pod", "Role", "RoleBinding"} <= checked, f"only {sorted(checked)} were validated"
     assert not errors, "\n".join(errors)
 
 
@@ -64,7 +65,8 @@ def test_runtime_pod_template_matches_kubernetes_job_schema(files, k8s):
 def test_trainer_objects_match_crds(files, trainer):
     rendered = render("helm4", files)
     objects = [o for o in rendered.objects if o["kind"] in TRAINER_KINDS]
-    assert sorted(o["kind"] for o in objects) == sorted(["TrainJob", rendered.runtime["kind"]])
+    assert [o["kind"] for o in objects] == [rendered.runtime["kind"]], "Helm itself creates no TrainJob"
+    objects.append(rendered.trainjob)
     errors = []
     for obj in objects:
         plural = TRAINER_KINDS[obj["kind"]]
@@ -117,15 +119,38 @@ def test_runtime_shape_is_what_every_trainer_release_expects(files):
 
 @pytest.mark.parametrize("helm", HELMS)
 @pytest.mark.parametrize("kind", ["ClusterTrainingRuntime", "TrainingRuntime"])
-def test_runtime_is_created_before_the_trainjob(helm, kind):
-    """The Trainer's webhook rejects a TrainJob whose runtime does not exist yet. Helm creates objects in the order
-    `helm template` prints them (kinds it does not know: alphabetically), so the runtime must come first."""
+def test_the_trainjob_is_launched_after_prep_by_a_hook_that_may_do_only_that(helm, kind):
+    """The TrainJob is not Helm's: the launch hook creates it after prep's hook (a higher weight: Helm waits for
+    prep's Job first), so the Trainer's webhook has long seen the runtime and no trainer pod waits for prep. The
+    hook's Role allows its one ConfigMap and TrainJobs, nothing else."""
     rendered = render(helm, (), (f"training.runtime.kind={kind}",))
-    order = []
-    for doc in rendered.documents:
-        order += [o["kind"] for o in (doc["items"] if doc["kind"] == "List" else [doc])]
-    assert kind in order and "TrainJob" in order
-    assert order.index(kind) < order.index("TrainJob"), order
+    prep, launch = rendered.one("Job", "prep"), rendered.one("Job", "launch")
+    hooks = {name: job["metadata"]["annotations"] for name, job in (("prep", prep), ("launch", launch))}
+    for events in ("post-install", "post-upgrade"):
+        assert events in hooks["prep"]["helm.sh/hook"] and events in hooks["launch"]["helm.sh/hook"]
+    assert int(hooks["launch"]["helm.sh/hook-weight"]) > int(hooks["prep"]["helm.sh/hook-weight"])
+    configmap = rendered.one("ConfigMap", "trainer")
+    pod = launch["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert pod["containers"][0]["command"] == ["salesfc", "launch"]
+    assert env["SALESFC_TRAINJOB_CONFIGMAP"] == configmap["metadata"]["name"]
+    assert env["SALESFC_NAMESPACE"] == NAMESPACE
+    assert rendered.trainjob["spec"]["runtimeRef"]["kind"] == kind
+    assert rendered.trainjob["metadata"]["namespace"] == NAMESPACE
+    # Its token and its rights: only this pod mounts one, bound to a Role of exactly these rules.
+    assert pod["automountServiceAccountToken"] is True
+    others = [spec for where, _, spec in pod_specs(rendered) if not where.startswith(f"Job/{launch['metadata']['name']}")]
+    assert all(spec.get("automountServiceAccountToken") is False for spec in others)
+    role = rendered.one("Role", "launch")
+    binding = rendered.one("RoleBinding", "launch")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": NAMESPACE}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [configmap["metadata"]["name"]],
+         "verbs": ["get"]},
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+         "verbs": ["get", "list", "create", "delete"]}]
 
 
 @pytest.mark.parametrize("files", values_cases(), ids=case_id)

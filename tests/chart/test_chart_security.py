@@ -76,7 +76,7 @@ def restricted_violations(spec: dict) -> list[str]:
 def expected_components(files) -> set[str]:
     rendered = render("helm4", files)
     external = not rendered.of_kind("StatefulSet")
-    return set(("prep", "trainer", "infer", "test") + (() if external else ("postgresql",)) +
+    return set(("prep", "launch", "trainer", "infer", "test") + (() if external else ("postgresql",)) +
                (("serve",) if serving_enabled(files) else ()))
 
 
@@ -226,10 +226,18 @@ def test_generated_password_differs_per_render_and_is_not_in_the_chart():
 
 
 @pytest.mark.parametrize("files", values_cases(), ids=case_id)
-def test_no_service_account_token_is_mounted(files):
+def test_no_service_account_token_is_mounted_but_the_launch_hooks(files):
+    """Only the launch hook calls the API server: its pod alone mounts a token, of its own ServiceAccount (which the
+    launch Role binds), never the one the other pods share."""
     rendered = render("helm4", files)
-    for where, _, spec in pod_specs(rendered):
-        assert spec.get("automountServiceAccountToken") is False, where
+    launch_account = rendered.one("ServiceAccount", "launch")["metadata"]["name"]
+    for where, meta, spec in pod_specs(rendered):
+        if labels({"metadata": meta}).get("app.kubernetes.io/component") == "launch":
+            assert spec.get("automountServiceAccountToken") is True, where
+            assert spec["serviceAccountName"] == launch_account, where
+        else:
+            assert spec.get("automountServiceAccountToken") is False, where
+            assert spec.get("serviceAccountName") != launch_account, where
     for sa in rendered.of_kind("ServiceAccount"):
         assert sa.get("automountServiceAccountToken") is False
 

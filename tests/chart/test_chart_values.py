@@ -176,7 +176,8 @@ def value_leaves(node, prefix="") -> list[str]:
 
 WHOLE = {"podSecurityContext", "containerSecurityContext", "postgresql.podSecurityContext",
          "postgresql.containerSecurityContext", "postgresql.resources", "prep.resources", "training.resources",
-         "inference.resources", "tests.resources", "networkPolicy.dnsPorts", "serving.resources"}
+         "inference.resources", "tests.resources", "networkPolicy.dnsPorts", "serving.resources",
+         "launch.resources", "networkPolicy.apiServer.ports"}
 
 
 def test_every_value_is_documented(chart_values):

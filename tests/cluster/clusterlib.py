@@ -64,31 +64,6 @@ def install(bed, release: str, namespace: str, files: list[str], sets: dict | No
                 *values_args(files, sets), *extra)
 
 
-def precreate_runtime(bed, release: str, namespace: str, files: list[str], sets: dict | None = None) -> None:
-    """Create the release's runtime ahead of `helm install` (which adopts it: it carries Helm's ownership
-    metadata), and wait until the Trainer's webhook admits the release's TrainJob against it.
-
-    Trainer v2.1's webhook reads runtimes from its cache and denied a TrainJob sent with its runtime in 7 of about
-    58 installs on this bed ("must be created before the TrainJob"), and v2.3's once (2026-12-04, a loaded machine);
-    a release cannot order that in Helm, so the tests on v2.1, and the tests of other things than the install, do
-    what the chart README tells a user to do ("Trainer v2.1")."""
-    def rendered(template: str) -> list[dict]:
-        out = helm(bed, "template", release, str(CHART), "-n", namespace, *values_args(files, sets),
-                   "-s", f"templates/{template}").stdout
-        docs = [d for d in yaml.safe_load_all(out) if d]
-        return [item for d in docs for item in (d["items"] if d["kind"] == "List" else [d])]
-    runtimes = rendered("trainingruntime.yaml")
-    for runtime in runtimes:
-        runtime["metadata"].setdefault("annotations", {}).update(
-            {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": namespace})
-    bed.kubectl("create", "namespace", namespace)
-    bed.apply(runtimes)
-    trainjob = yaml.safe_dump_all(rendered("trainjob.yaml"))
-    wait_for("the Trainer's webhook to admit the TrainJob", lambda: bed.kubectl(
-        "create", "--dry-run=server", "-n", namespace, "-f", "-", input=trainjob, check=False).returncode == 0,
-        timeout=60)
-
-
 def upgrade(bed, release: str, namespace: str, files: list[str], sets: dict | None = None):
     return helm(bed, "upgrade", release, str(CHART), "-n", namespace, *values_args(files, sets),
                 "--wait", "--timeout", "4m")
@@ -99,6 +74,12 @@ def manifest(bed, release: str, namespace: str) -> list[dict]:
     out = helm(bed, "get", "manifest", release, "-n", namespace).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     return [item for d in docs for item in (d["items"] if d["kind"] == "List" else [d])]
+
+
+def rendered_trainjob(rendered: list[dict]) -> dict:
+    """The TrainJob the launch hook creates: the one in the release's TrainJob ConfigMap."""
+    configmap = next(o for o in rendered if o["kind"] == "ConfigMap" and "trainjob.yaml" in o.get("data", {}))
+    return yaml.safe_load(configmap["data"]["trainjob.yaml"])
 
 
 def items(bed, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:

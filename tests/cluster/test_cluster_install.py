@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from clusterlib import (CHART, ON_LATEST, REPO, check_node_job, condition, create_namespace, env_of, helm, install,
-                        items, manifest, trainjobs, unique, wait_for, wait_trainjob_complete, what_is_left)
+                        items, manifest, rendered_trainjob, trainjobs, unique, wait_for, wait_trainjob_complete,
+                        what_is_left)
 
 pytestmark = pytest.mark.cluster
 
@@ -152,7 +153,8 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     install(bed, release, namespace, files, sets)
 
     rendered = manifest(bed, release, namespace)
-    rendered_tj = next(o for o in rendered if o["kind"] == "TrainJob")
+    assert not [o for o in rendered if o["kind"] == "TrainJob"], "Helm must not create the TrainJob itself"
+    rendered_tj = rendered_trainjob(rendered)
     live = trainjobs(bed, namespace)
     assert [t["metadata"]["name"] for t in live] == [rendered_tj["metadata"]["name"]]
     js = check_node_job(bed, namespace, rendered_tj, values)
@@ -168,9 +170,10 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     else:
         assert "gpu-0" not in gpu_nodes, "CPU trainer pods must not take the tainted GPU node"
 
-    # Order, as the chart README tells it: the runtime, then the TrainJob and the inference Job with the release
-    # (their pods wait for their inputs), then the prep hook, which Helm waited for. (KWOK runs no code, so the
-    # waiting itself is not seen here; tests/integration runs the stages in order for real.)
+    # Order, as the chart README tells it: the runtime and the inference Job with the release (inference waits for
+    # the model), then the prep hook, which Helm waits for, then the launch hook, which creates the TrainJob: so its
+    # trainer pods are made after prep has finished. (KWOK runs no code but the launch hook's, so the waiting itself
+    # is not seen here; tests/integration runs the stages in order for real.)
     prep = next(j for j in items(bed, "jobs", namespace) if j["metadata"]["labels"].get(
         "app.kubernetes.io/component") == "prep")
     assert condition(prep, "Complete")
@@ -191,8 +194,17 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
         ("runtime", bed.get(f"{runtime['kind'].lower()}s.trainer.kubeflow.org", *(
             ["-n", namespace] if runtime["kind"] == "TrainingRuntime" else []), runtime["metadata"]["name"])),
         ("trainjob", live[0]), ("infer", infer), ("prep", prep))}
-    assert created["runtime"] <= created["trainjob"] <= created["prep"], created
+    launch = next(j for j in items(bed, "jobs", namespace) if j["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == "launch")
+    assert condition(launch, "Complete")
+    created.update(prep_done=prep["status"]["completionTime"], launch=launch["metadata"]["creationTimestamp"],
+                   pods=min(p["metadata"]["creationTimestamp"] for p in pods))
+    assert created["runtime"] <= created["prep"] <= created["prep_done"] <= created["launch"] <= created["trainjob"] \
+        <= created["pods"], created
     assert created["infer"] <= created["prep"], created
+    owners = live[0]["metadata"]["ownerReferences"]
+    configmap = next(o for o in rendered if o["kind"] == "ConfigMap" and "trainjob.yaml" in o.get("data", {}))
+    assert [(o["kind"], o["name"]) for o in owners] == [("ConfigMap", configmap["metadata"]["name"])], owners
 
     helm(bed, "test", release, "-n", namespace, "--timeout", "2m")
 
@@ -220,7 +232,7 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
                            check=False)
         assert left.returncode != 0 and "NotFound" in left.stderr
     uninstall_section = (CHART / "README.md").read_text().split("## Uninstall")[1].split("\n## ")[0]
-    described = {"Job": "prep Job", "Pod": "`helm test` pod"}
     for kind, name in expected:
-        if kind in described:
-            assert described[kind] in uninstall_section, f"the chart README does not say {kind} {name} is kept"
+        said = {"Job": f"{name.rsplit('-', 1)[-1]} Job", "Pod": "`helm test` pod"}.get(kind)
+        if said:
+            assert said in uninstall_section, f"the chart README does not say {kind} {name} is kept"

@@ -20,7 +20,7 @@ import yaml
 
 import control_plane
 from clusterlib import (ON_ALL_WITH_TRAINJOB_STATUS, check_node_job, env_of, helm, install, jobset, manifest,
-                        node_job, precreate_runtime, trainjobs, unique, wait_trainjob_complete)
+                        node_job, trainjobs, unique, wait_trainjob_complete)
 
 pytestmark = pytest.mark.cluster
 
@@ -39,9 +39,6 @@ def salesfc(bed, *args: str, env: dict | None = None, prefix: tuple[str, ...] = 
 def release(bed):
     """A release of the CPU profile on a namespaced TrainingRuntime: (namespace, runtime name)."""
     namespace = unique("submit")
-    # On every version: this tier tests submit, not the install's race (v2.3's webhook denied this install once on
-    # a loaded machine too; see precreate_runtime).
-    precreate_runtime(bed, "salesfc", namespace, CPU, NAMESPACED)
     install(bed, "salesfc", namespace, CPU, NAMESPACED)
     runtime = next(o for o in manifest(bed, "salesfc", namespace) if o["kind"] == "TrainingRuntime")
     yield namespace, runtime["metadata"]["name"]

@@ -83,6 +83,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
+{{/* The launch hook's own ServiceAccount (the only one with API rights). */}}
+{{- define "salesfc.launch.serviceAccountName" -}}
+{{- include "salesfc.componentName" (list . "launch" 63) }}
+{{- end }}
+
 {{/* An image reference from {repository, tag, digest}; the tag defaults to the second argument. */}}
 {{- define "salesfc.imageRef" -}}
 {{- $image := index . 0 }}
@@ -393,8 +398,9 @@ env:
 
 {{/*
 The id of the data this release prepares (SALESFC_DATA_ID): prep records it in data/prep.json, and training and
-inference wait until the prepared data carries it. After an upgrade that changes the data, the new TrainJob can
-start before prep's post-upgrade hook has run; this keeps it from training on the data of the release before.
+inference wait until the prepared data carries it. The launch hook creates the chart's TrainJob only after prep's
+hook, but inference (a Job of the release) and TrainJobs sent with `salesfc submit` can start before it: this keeps
+them from using the data of the release before.
 */}}
 {{- define "salesfc.dataId" -}}
 {{- printf "data-%s" (toJson (dict "data" .Values.data "offlineStore" .Values.featureStore.offlineStore) | sha256sum | trunc 12) }}
@@ -421,6 +427,33 @@ pass 63 characters (47 leaves room for up to 99 nodes).
 */}}
 {{- define "salesfc.trainJobName" -}}
 {{- include "salesfc.componentName" (list . (printf "train-%s" (include "salesfc.training.hash" .)) 47) }}
+{{- end }}
+
+{{/* The ConfigMap holding the TrainJob (and owning it once the launch hook has created it). */}}
+{{- define "salesfc.trainJobConfigMapName" -}}
+{{- include "salesfc.componentName" (list . "trainjob" 63) }}
+{{- end }}
+
+{{/* The release's TrainJob, as the launch hook creates it. */}}
+{{- define "salesfc.trainJob" -}}
+{{- $name := include "salesfc.trainJobName" . -}}
+apiVersion: trainer.kubeflow.org/v1alpha1
+kind: TrainJob
+metadata:
+  # "<fullname>-train-<hash>": the hash covers spec.trainer, the runtime and the data values. trainer and
+  # runtimeRef are immutable, so an upgrade that changes them creates a new TrainJob (a retrain) and the launch hook
+  # deletes the old one; an upgrade that changes nothing here keeps this TrainJob and its model.
+  name: {{ $name }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "salesfc.componentLabels" (list . "trainer") | nindent 4 }}
+spec:
+  runtimeRef:
+    apiGroup: trainer.kubeflow.org
+    kind: {{ .Values.training.runtime.kind }}
+    name: {{ include "salesfc.runtimeName" . }}
+  trainer:
+    {{- include "salesfc.training.trainer" (dict "root" . "runId" $name) | nindent 4 }}
 {{- end }}
 
 {{/* The inference Job's pod template (its name hashes it: a Job's pod template is immutable). */}}

@@ -1,4 +1,4 @@
-"""The one entry point: ``salesfc prep | train | infer | check | backtest | serve | submit | demo``.
+"""The one entry point: ``salesfc prep | train | infer | check | backtest | serve | submit | launch | demo``.
 
 Stages import their modules only when run, so ``--help`` answers at once (importing Feast alone takes seconds).
 """
@@ -44,6 +44,10 @@ COMMANDS = {
                "the Kubeflow SDK's TrainerClient: the image's own `torchrun -m salesfc train` with the nodes, "
                "processes, resources and training settings given here. --wait waits for it and prints its progress; "
                "--follow streams rank 0's log."),
+    "launch": ("salesfc.launch",
+               "Create a chart release's TrainJob from the ConfigMap the chart renders it into, owned by that "
+               "ConfigMap; keep it when it already exists (the same training) and delete the release's earlier "
+               "ones. The chart runs it as a hook after prep, so trainer pods never wait for prep."),
     "demo": ("salesfc.demo",
              "Run prep, train (2 processes) and infer locally on the embedded default store, and say where "
              "everything went."),

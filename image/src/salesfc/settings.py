@@ -26,6 +26,8 @@ INFER = ("infer", "demo")
 RUN = ("train", "infer", "check", "demo", "backtest", "serve")
 SERVE = ("serve",)
 SUBMIT = ("submit",)
+# launch: the chart's hook that creates the release's TrainJob once prep has finished.
+LAUNCH = ("launch",)
 
 
 class SettingError(ValueError):
@@ -192,9 +194,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pg_sslmode", "PostgreSQL TLS mode (libpq sslmode).", "prefer",
             choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
     Setting("wait_timeout", "Seconds to wait for this stage's inputs (database, prepared data, model) before "
-            "failing; 0 checks once.", 0.0, non_negative_float, commands=STAGES),
+            "failing; 0 checks once. launch: seconds to retry a TrainJob the Trainer's webhook denies for a runtime it "
+            "has not seen yet.", 0.0, non_negative_float, commands=STAGES + LAUNCH),
     Setting("log_level", "Logging level of salesfc (libraries log warnings only).", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-            commands=ALL + SUBMIT),
+            commands=ALL + SUBMIT + LAUNCH),
     # prep
     Setting("source", "Raw data: 'synthetic' (generated, Walmart-shaped, knows its noise floor) or 'kaggle' "
             "(train.csv, features.csv, stores.csv from --kaggle-dir).", "synthetic",
@@ -287,7 +290,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime", "submit: the salesfc training runtime to train on, as `helm status <release>` names it: a "
             "TrainingRuntime in --namespace, else a ClusterTrainingRuntime of that name.", commands=SUBMIT),
     Setting("namespace", "submit: namespace of the TrainJob (default: the kubeconfig context's; KUBECONFIG "
-            "picks the cluster).", commands=SUBMIT),
+            "picks the cluster). launch: the release's namespace.", commands=SUBMIT + LAUNCH),
+    Setting("trainjob_configmap", "launch: the ConfigMap the chart renders the release's TrainJob into "
+            "(<release>-salesfc-trainjob, key trainjob.yaml).", commands=LAUNCH),
     Setting("image", "submit: trainer image (default: the runtime's, i.e. the release's image).", commands=SUBMIT),
     Setting("num_nodes", "submit: training nodes (pods) (default: the runtime's).", type=positive_int,
             commands=SUBMIT),
