@@ -6,7 +6,7 @@ Everything runs on this machine: the servers listen on 127.0.0.1 only and the lo
 else. Each case is bounded by a request count and a duration and stops by itself. The load generator shares the
 machine's cores with the server, so the figures are what one machine does, client included.
 
-    python bench/serving.py [--size small] [--requests 400] [--seconds 15] [--skip-postgres] [--skip-feast]
+    python bench/serving.py [--size small] [--requests 1000] [--seconds 15] [--skip-postgres] [--skip-feast]
 """
 
 from __future__ import annotations
@@ -73,9 +73,11 @@ def clean_env(extra: dict | None = None) -> dict:
     return env
 
 
-def load(port: int, path: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+def load(port: int, path: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float,
+         strict: bool = True) -> dict:
     """``requests`` POSTs (at most ``seconds`` long) from ``concurrency`` threads, each on its own keep-alive
-    connection; every answer must be 200."""
+    connection. With ``strict`` every answer must be 200; otherwise failures (an error status, a connection the
+    server dropped: `feast serve` resets some at concurrency 32) are counted and the client reconnects."""
     lock = threading.Lock()
     issued = [0]
     latencies: list[float] = []
@@ -92,10 +94,16 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int, requests: 
                 number = issued[0]
                 issued[0] += 1
             tick = time.perf_counter()
-            connection.request("POST", path, body=bodies[number % len(bodies)],
-                               headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            text = response.read()
+            try:
+                connection.request("POST", path, body=bodies[number % len(bodies)],
+                                   headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                text = response.read()
+            except (OSError, http.client.HTTPException) as err:
+                failures.append(f"connection: {err!r}")
+                connection.close()
+                connection = http.client.HTTPConnection(HOST, port, timeout=30)
+                continue
             mine.append(time.perf_counter() - tick)
             if response.status != 200:
                 failures.append(f"{response.status} {text[:200]!r}")
@@ -110,11 +118,17 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int, requests: 
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    if failures:
+    if failures and strict:
         raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
     samples = np.array(latencies) * 1e3
     return {"p50": float(np.percentile(samples, 50)), "p99": float(np.percentile(samples, 99)),
-            "rps": len(samples) / elapsed, "n": len(samples)}
+            "rps": len(samples) / elapsed, "n": len(samples), "failed": len(failures)}
+
+
+def warm_up(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, strict: bool = True) -> None:
+    """Unmeasured requests at the case's own concurrency first: the server's worker threads and the clients'
+    connections are made once, not inside the measured requests (they were a third of a short case's time)."""
+    load(port, path, bodies, concurrency, 4 * concurrency, min(seconds, 5.0), strict)
 
 
 def bodies(keys: list[int], rows: int, feast_format: bool) -> list[bytes]:
@@ -151,8 +165,10 @@ def measure(name: str, workdir: Path, store_flags: tuple[str, ...], env: dict, a
             payloads = bodies(keys, size, feast_format=False)
             load(port, "/predict", payloads, 1, 20, args.seconds)  # warm-up: pools, caches, first allocations
             for concurrency in CONCURRENCY:
+                warm_up(port, "/predict", payloads, concurrency, args.seconds)
                 r = load(port, "/predict", payloads, concurrency, args.requests, args.seconds)
-                rows.append([f"salesfc serve, {name}", size, concurrency, r["p50"], r["p99"], r["rps"], r["n"]])
+                rows.append([f"salesfc serve, {name}", size, concurrency, r["p50"], r["p99"], r["rps"], r["n"],
+                             r["failed"]])
     if args.skip_feast:
         return rows
     port = free_port()
@@ -164,18 +180,20 @@ def measure(name: str, workdir: Path, store_flags: tuple[str, ...], env: dict, a
     with Process(command, port, "/health", clean_env(env), CACHE / f"feast-serve-{name}.log"):
         for size in (1, BATCH):
             payloads = bodies(keys, size, feast_format=True)
-            load(port, "/get-online-features", payloads, 1, 20, args.seconds)
+            load(port, "/get-online-features", payloads, 1, 20, args.seconds, strict=False)
             for concurrency in CONCURRENCY:
-                r = load(port, "/get-online-features", payloads, concurrency, args.requests, args.seconds)
+                warm_up(port, "/get-online-features", payloads, concurrency, args.seconds, strict=False)
+                r = load(port, "/get-online-features", payloads, concurrency, args.requests, args.seconds,
+                         strict=False)
                 rows.append([f"feast serve (features only), {name}", size, concurrency, r["p50"], r["p99"], r["rps"],
-                             r["n"]])
+                             r["n"], r["failed"]])
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="small", help="synthetic data size (serving cost hardly depends on it)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per case (at most)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per case (at most)")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration per case (at most)")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-feast", action="store_true", help="leave out the `feast serve` anchor")
@@ -198,16 +216,17 @@ def main() -> None:
             shutil.rmtree(pg_workdir / "models", ignore_errors=True)
             trained(pg_workdir, flags, env)
             rows += measure("PostgreSQL", pg_workdir, flags, env, args)
-    print(table([[r[0], r[1], r[2], f"{r[3]:.2f}", f"{r[4]:.2f}", f"{r[5]:,.0f}", r[6]] for r in rows],
+    print(table([[r[0], r[1], r[2], f"{r[3]:.2f}", f"{r[4]:.2f}", f"{r[5]:,.0f}", f"{r[6]:,}", r[7]] for r in rows],
                 ["server, online store", "rows/request", "concurrency", "p50 ms", "p99 ms", "requests/s",
-                 "requests"]))
+                 "requests", "failed"]))
     by_case = {(r[0], r[1], r[2]): r for r in rows}
     pg = by_case.get(("salesfc serve, PostgreSQL", 1, 1))
     pg8 = by_case.get(("salesfc serve, PostgreSQL", 1, 8))
     if pg and pg8:
         print(f"goal (2 cores, PostgreSQL, one row): p99 < {GOAL_P99_MS:.0f} ms at concurrency 1 (measured "
               f"{pg[4]:.2f} ms), >= {GOAL_RPS:.0f} requests/s at concurrency 8 (measured {pg8[5]:,.0f})")
-    print("p50/p99: client-side latency of one request (connection kept alive); requests/s: all clients together")
+    print("p50/p99: client-side latency of one request (connection kept alive); requests/s: all clients together; "
+          "failed: answers that were not 200 or connections the server dropped (salesfc serve must have none)")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,7 @@ def test_probes_metrics_and_the_api_description(server):
         assert samples[f'salesfc_predict_duration_seconds_count{{stage="{stage}"}}'] >= 1
     assert samples['salesfc_predict_requests_total{status="200"}'] >= 1
     assert samples['salesfc_predict_rows_total{outcome="ok"}'] >= 1
+    assert samples["salesfc_predict_coalesced_requests_count"] >= 1
     assert any(name.startswith(f'salesfc_model_info{{run_id="{RUN}"') for name in samples)
     assert samples["salesfc_feature_store_up"] == 1
     assert samples["salesfc_feature_age_seconds"] > 0

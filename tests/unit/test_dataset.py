@@ -9,7 +9,7 @@ from salesfc import features
 from salesfc.data import synthetic
 from salesfc.dataset import CATEGORIES, Preprocessor, Split
 from salesfc.errors import UserError
-from salesfc.tables import TIMESTAMP
+from salesfc.tables import TIMESTAMP, Columns
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,26 @@ def test_transform_is_deterministic_and_survives_json(frame):
     assert a.categories.shape == (len(frame), len(CATEGORIES))
     # The target times the scale gives the dollars back.
     np.testing.assert_allclose(a.target * a.scale, frame["weekly_sales"], rtol=1e-5, atol=1e-3)
+
+
+def test_columns_as_online_reads_give_them_transform_the_same_as_a_frame(frame):
+    """A served forecast's rows come as Columns of the lists Feast answers (None where a value is missing), not a
+    DataFrame: the same numbers, missing values, categories, scale, target and floor as the frame gives."""
+    pre = Preprocessor.fit(frame.iloc[:3000])
+    rows = frame.iloc[3000:3400].reset_index(drop=True).copy()
+    rows.loc[::7, "sales_lag_1"] = np.nan  # missing values, as None in Feast's lists
+    rows.loc[::5, "store_type"] = None
+    online = Columns({name: np.asarray([None if isinstance(v, float) and np.isnan(v) else v
+                                        for v in rows[name].tolist()]) for name in rows.columns})
+    a, b = pre.transform(rows), pre.transform(online)
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+    np.testing.assert_array_equal(a.categories, b.categories)
+    np.testing.assert_array_equal(a.scale, b.scale)
+    np.testing.assert_array_equal(a.target, b.target)
+    forecast = np.linspace(-5, 5, len(rows))
+    np.testing.assert_array_equal(pre.floor(rows, forecast), pre.floor(online, forecast))
+    kept = np.arange(len(rows)) % 3 == 0
+    np.testing.assert_array_equal(pre.transform(online.rows(kept)).numeric, a.numeric[kept])
 
 
 def test_unseen_categories_get_code_zero(frame):

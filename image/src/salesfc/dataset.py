@@ -21,7 +21,7 @@ import pandas as pd
 from salesfc import distributed, statistics
 from salesfc.distributed import Context
 from salesfc.errors import UserError
-from salesfc.tables import TIMESTAMP, SeriesWeeks, epoch_days
+from salesfc.tables import TIMESTAMP, SeriesWeeks, column_array, epoch_days, float_column
 
 SCALE_FLOOR = 10.0
 SCALE_SOURCES = ["sales_rolling_mean_52", "sales_rolling_mean_12", "sales_rolling_mean_8", "sales_rolling_mean_4",
@@ -162,15 +162,15 @@ class Preprocessor:
         spec = self.params["scale"]
         scale = np.full(len(frame), np.nan)
         for source in spec["sources"]:
-            values = np.abs(frame[source].to_numpy(dtype=float, na_value=np.nan))
+            values = np.abs(float_column(frame, source))
             scale = np.where(np.isnan(scale), values, scale)
-        fallback = self.lookups()[0](frame["dept"].to_numpy().astype(int), spec["global_fallback"]).astype(float)
+        fallback = self.lookups()[0](column_array(frame, "dept").astype(int), spec["global_fallback"]).astype(float)
         scale = np.where(np.isnan(scale), fallback, scale)
         return np.maximum(scale, spec["floor"])
 
     @staticmethod
     def _raw(frame: pd.DataFrame, column: str, kind: str, scale: np.ndarray) -> np.ndarray:
-        values = frame[column].to_numpy(dtype=float, na_value=np.nan)
+        values = float_column(frame, column)
         if kind == "per_scale":
             return np.clip(values / scale, -PER_SCALE_LIMIT, PER_SCALE_LIMIT)
         if kind == "log":
@@ -223,18 +223,18 @@ class Preprocessor:
         categories = np.zeros((len(frame), len(self.params["categories"])), dtype=np.int64)
         for i, (spec, codes) in enumerate(zip(self.params["categories"], self.lookups()[1])):
             name = spec["name"]
-            values = frame[name].astype(str if name == "store_type" else "int64").to_numpy()
+            values = column_array(frame, name).astype(str if name == "store_type" else np.int64)
             categories[:, i] = codes(values, 0)
 
         target = weight = None
         if "weekly_sales" in frame:
-            target = (frame["weekly_sales"].to_numpy(dtype=float) / scale).astype(np.float32)
+            target = (float_column(frame, "weekly_sales") / scale).astype(np.float32)
             weight = (self._weight(frame, scale) / self.params["weight_mean"]).astype(np.float32)
         return Batch(numeric, categories, scale, target, weight)
 
     def floor(self, frame: pd.DataFrame, forecast: np.ndarray) -> np.ndarray:
         """No negative forecast for a series that never sold a negative amount in training."""
-        may = frame["store_dept"].isin(self.params.get("may_go_negative", [])).to_numpy()
+        may = np.isin(column_array(frame, "store_dept"), self.params.get("may_go_negative", []))
         may = may.reshape(-1, *[1] * (forecast.ndim - 1))  # a row's every horizon
         return np.where(may, forecast, np.maximum(forecast, 0.0))
 
@@ -248,7 +248,7 @@ class Preprocessor:
 
     @classmethod
     def _weight(cls, frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
-        return cls._weight_of(frame["is_holiday"].to_numpy(dtype=float), scale)
+        return cls._weight_of(float_column(frame, "is_holiday"), scale)
 
     @staticmethod
     def _weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from salesfc import model as model_lib
 from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.data import HOLIDAY_NAMES
 from salesfc.errors import UserError
-from salesfc.tables import EPOCH_DAY, TIMESTAMP, epoch_days, split_store_dept, utc_weeks
+from salesfc.tables import EPOCH_DAY, TIMESTAMP, Columns, epoch_days, split_store_dept, utc_weeks
 from salesfc.waiting import wait_for
 from salesfc.workspace import Workspace, atomic_path, read_json, shown, wait_for_manifest, write_json
 
@@ -112,17 +112,17 @@ def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> Non
 FRESHNESS_FEATURES = ("sales_lag_1", "temperature")
 
 
-def online_rows(store: feature_store.Store, keys: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+def online_rows(store: feature_store.Store, keys: np.ndarray) -> tuple[Columns, np.ndarray]:
     """The online features of ``keys`` and, per row, the week they describe (epoch seconds; the older of the two
     views', 0 where the store has no row). A row whose week is not the forecast week is stale: the online store
-    was not materialized after the last prep, and the model must not see it."""
+    was not materialized after the last prep, and the model must not see it. The features come as Columns, not a
+    DataFrame: building one cost a served forecast 0.5 ms of its 4.5."""
     columns = feature_store.online_features(store, keys, timestamps=True)
-    feature_week = np.minimum.reduce([pd.Series(columns[f"{feature}__ts"]).fillna(0).to_numpy(dtype=np.int64)
-                                      for feature in FRESHNESS_FEATURES])
-    # One frame of the features alone, built once: a frame of every column, then a copy without the timestamps and
-    # a column added, cost 3 ms of a served forecast's 10.
-    features = {name: values for name, values in columns.items() if not name.endswith("__ts")}
-    return pd.DataFrame({**features, "dept": split_store_dept(keys)[1]}), feature_week
+    feature_week = np.minimum.reduce([np.asarray(columns[f"{feature}__ts"], dtype=float) for feature in
+                                      FRESHNESS_FEATURES])
+    feature_week = np.nan_to_num(feature_week, nan=0.0).astype(np.int64)
+    features = {name: np.asarray(values) for name, values in columns.items() if not name.endswith("__ts")}
+    return Columns({**features, "dept": split_store_dept(keys)[1]}), feature_week
 
 
 def stale_message(week: str, count: int) -> str:

@@ -11,6 +11,8 @@ What a caller can rely on:
   the service answers again by itself.
 * a newer finished run (``models/LATEST``) or newly prepared data is loaded beside the one in use and swapped in
   with one assignment: a request holds the model it started with to its end.
+* requests that arrive while the network is busy are forecast together (``Coalescer``: one online read, one pass
+  of the network for all of them); one alone is forecast at once.
 
 The app is built by ``create_app(config)``; nothing is loaded at import time. Probes: ``/healthz`` (the process
 answers), ``/readyz`` (model, registry and an online read within --ready-timeout), ``/metrics`` (Prometheus).
@@ -18,6 +20,8 @@ answers), ``/readyz`` (model, registry and an online read within --ready-timeout
 
 # No `from __future__ import annotations`: FastAPI reads the request and response models of create_app's endpoints
 # from their annotations, which must be the classes themselves, not strings naming classes local to a function.
+import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -25,7 +29,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -88,6 +92,83 @@ class Loaded:
     source: tuple  # (run id, manifest mtime and size): a change means something new to load
 
 
+# A row of a pair that is not a series of the prepared data.
+UNKNOWN = None
+
+
+@dataclass
+class Forecasts:
+    """What ``Service.forecast_rows`` made of some pairs: the model it used and one entry per pair."""
+
+    loaded: Loaded
+    rows: list
+
+
+class Coalescer:
+    """Requests that arrive while the network is busy are forecast together, in one online read and one pass of
+    the network: most of a request's cost does not grow with its rows (Feast's read, the preprocessing, the
+    network's calls), so eight requests answered at once cost little more than one. One thread forecasts: whenever
+    it is idle it takes every request queued by then (up to ``max_rows`` rows, at least one request), so a request
+    never waits for company. ``submit`` answers a concurrent Future (an async endpoint awaits it without holding a
+    thread); ``run`` waits for it. ``on_batch(requests)`` is told the size of every batch."""
+
+    def __init__(self, forecast, max_rows: int, on_batch=None):
+        self._forecast = forecast
+        self._max_rows = max_rows
+        self._on_batch = on_batch or (lambda _requests: None)
+        self._queue: collections.deque[tuple[list, Future]] = collections.deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="salesfc-forecast", daemon=True)
+        self._thread.start()
+
+    def submit(self, pairs: list) -> Future:
+        future: Future = Future()
+        with self._changed:
+            if self._closed:
+                raise Unavailable("the service is stopping")
+            self._queue.append((pairs, future))
+            self._changed.notify()
+        return future
+
+    def run(self, pairs: list) -> Forecasts:
+        return self.submit(pairs).result()
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join(timeout=10)
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._closed:
+                    self._changed.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft()]
+                rows = len(batch[0][0])
+                while self._queue and rows + len(self._queue[0][0]) <= self._max_rows:
+                    rows += len(self._queue[0][0])
+                    batch.append(self._queue.popleft())
+            self._answer(batch)
+
+    def _answer(self, batch: list[tuple[list, Future]]) -> None:
+        self._on_batch(len(batch))
+        try:
+            done = self._forecast([pair for pairs, _ in batch for pair in pairs])
+        except BaseException as err:  # every request of the batch answers with it (503, or the server's 500)
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        start = 0
+        for pairs, future in batch:
+            future.set_result(Forecasts(done.loaded, done.rows[start:start + len(pairs)]))
+            start += len(pairs)
+
+
 def _pooled(store: feature_store.Store) -> None:
     """Give a PostgreSQL online store a connection pool of our own before its first read.
 
@@ -135,6 +216,8 @@ class Service:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._probe = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+        self._coalescer = Coalescer(self.forecast_rows, config.max_batch_rows,
+                                    lambda requests: metrics.coalesced.observe(requests))
         self.db_errors = database_errors()
 
     # -- keeping current ------------------------------------------------------------------------------------------
@@ -148,6 +231,7 @@ class Service:
         if self._thread:
             self._thread.join(timeout=10)
         self._probe.shutdown(wait=False, cancel_futures=True)
+        self._coalescer.close()
         for store in [*self._retired, *([self.store] if self.store else [])]:
             _close(store)
 
@@ -248,21 +332,66 @@ class Service:
 
     def predict(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
         """Each pair's forecast of the week ``horizon`` - 1 weeks after next week (1: next week). A horizon beyond
-        the loaded model's is refused (HorizonTooFar)."""
+        the loaded model's is refused (HorizonTooFar). The rows are forecast together with those of the requests
+        that arrive meanwhile (``Coalescer``)."""
         started = time.perf_counter()
-        loaded, store = self.current()  # this request's model and store, whatever is swapped in meanwhile
+        self._check_horizon(self.current()[0], horizon)
+        return self._answer(pairs, horizon, self._coalescer.run(pairs), started)
+
+    async def predict_async(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
+        """``predict`` for an async endpoint: the event loop awaits the forecast instead of a thread blocking on it."""
+        started = time.perf_counter()
+        self._check_horizon(self.current()[0], horizon)
+        done = await asyncio.wrap_future(self._coalescer.submit(pairs))
+        return self._answer(pairs, horizon, done, started)
+
+    @staticmethod
+    def _check_horizon(loaded: "Loaded", horizon: int) -> None:
         if horizon > loaded.forecaster.horizon:
             raise HorizonTooFar(horizon, loaded.forecaster.horizon, loaded.run_id)
-        keys = store_dept([p[0] for p in pairs], [p[1] for p in pairs])
-        known = np.fromiter((int(key) in loaded.known for key in keys), dtype=bool, count=len(keys))
+
+    def _answer(self, pairs: list[tuple[int, int]], horizon: int, done: "Forecasts", started: float) -> dict:
+        loaded = done.loaded  # the model the rows were forecast with (one swapped in meanwhile may forecast less)
+        self._check_horizon(loaded, horizon)
         week_text = f"{loaded.week:%Y-%m-%d}"
         target = (loaded.week + pd.Timedelta(weeks=horizon - 1)).date()
-        results: list[dict] = [{"store": s, "dept": d, "week": target, "horizon": horizon, "predicted_sales": None,
-                                "quantiles": None, "feature_timestamp": None, "error": None} for s, d in pairs]
-        for i in np.flatnonzero(~known):
-            results[i]["error"] = {"code": "unknown_series", "message": (
-                f"store {pairs[i][0]} department {pairs[i][1]} is not one of the {len(loaded.known):,} store "
-                f"departments of the prepared data that sold in its last week: nothing to forecast from")}
+        step = horizon - 1
+        results: list[dict] = []
+        outcomes = {"ok": 0, "unknown_series": 0, "stale_features": 0}
+        for (store_id, dept), row in zip(pairs, done.rows):
+            result = {"store": store_id, "dept": dept, "week": target, "horizon": horizon, "predicted_sales": None,
+                      "quantiles": None, "feature_timestamp": None, "error": None}
+            if row is UNKNOWN:
+                result["error"] = {"code": "unknown_series", "message": (
+                    f"store {store_id} department {dept} is not one of the {len(loaded.known):,} store departments of "
+                    f"the prepared data that sold in its last week: nothing to forecast from")}
+            else:
+                feature_week, bands = row
+                if feature_week:
+                    result["feature_timestamp"] = datetime.fromtimestamp(feature_week, timezone.utc)
+                if bands is None:
+                    result["error"] = {"code": "stale_features", "message": infer.stale_message(week_text, 1)}
+                else:
+                    result["predicted_sales"] = round(float(bands[0.5][step]), 2)
+                    if len(bands) > 1:
+                        result["quantiles"] = {quantile_name(q): round(float(values[step]), 2)
+                                               for q, values in bands.items()}
+            outcomes[result["error"]["code"] if result["error"] else "ok"] += 1
+            results.append(result)
+        for outcome, count in outcomes.items():
+            if count:
+                self.metrics.rows.labels(outcome).inc(count)
+        self.metrics.stage.labels("total").observe(time.perf_counter() - started)
+        return {"run_id": loaded.run_id, "week": loaded.week.date(), "horizon": horizon, "forecasts": results}
+
+    def forecast_rows(self, pairs: list[tuple[int, int]]) -> "Forecasts":
+        """Every pair's forecast, every horizon, with one online read and one pass of the network: per pair UNKNOWN
+        (not a series of the prepared data) or (feature week in epoch seconds, 0 when the store has no row; its
+        quantiles' dollars per horizon, None when the row is stale)."""
+        loaded, store = self.current()  # this batch's model and store, whatever is swapped in meanwhile
+        keys = store_dept([p[0] for p in pairs], [p[1] for p in pairs])
+        known = np.fromiter((int(key) in loaded.known for key in keys), dtype=bool, count=len(keys))
+        rows: list = [UNKNOWN] * len(pairs)
         asked = np.flatnonzero(known)
         if len(asked):
             tick = time.perf_counter()
@@ -274,31 +403,16 @@ class Service:
             self.metrics.stage.labels("feature_read").observe(time.perf_counter() - tick)
             fresh = feature_week == int(loaded.week.timestamp())
             for i, week in zip(asked, feature_week):
-                if week:
-                    results[i]["feature_timestamp"] = datetime.fromtimestamp(int(week), timezone.utc)
-            for i in asked[~fresh]:
-                results[i]["error"] = {"code": "stale_features", "message": infer.stale_message(week_text, 1)}
+                rows[i] = (int(week), None)
             if fresh.any():
                 tick = time.perf_counter()
-                # Stale rows are the exception: copying the frame without them costs a millisecond a request.
-                bands = loaded.forecaster.predict_quantiles(online if fresh.all() else
-                                                            online[fresh].reset_index(drop=True), loaded.week)
+                bands = loaded.forecaster.predict_quantiles(online if fresh.all() else online.rows(fresh),
+                                                            loaded.week)
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
-                step = horizon - 1
                 for row, i in enumerate(asked[fresh]):
-                    results[i]["predicted_sales"] = round(float(bands[0.5][row, step]), 2)
-                    if len(bands) > 1:
-                        results[i]["quantiles"] = {quantile_name(q): round(float(values[row, step]), 2)
-                                                   for q, values in bands.items()}
+                    rows[i] = (rows[i][0], {q: values[row] for q, values in bands.items()})
                 self.metrics.feature_age.set(time.time() - float(feature_week[fresh].max()))
-        outcomes = {"ok": 0, "unknown_series": 0, "stale_features": 0}
-        for row in results:
-            outcomes[row["error"]["code"] if row["error"] else "ok"] += 1
-        for outcome, count in outcomes.items():
-            if count:
-                self.metrics.rows.labels(outcome).inc(count)
-        self.metrics.stage.labels("total").observe(time.perf_counter() - started)
-        return {"run_id": loaded.run_id, "week": loaded.week.date(), "horizon": horizon, "forecasts": results}
+        return Forecasts(loaded, rows)
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready when a model is loaded, the registry resolved the feature service, and the online store answers a
@@ -342,6 +456,9 @@ class Metrics:
                                ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.requests = Counter("salesfc_predict_requests", "POST /predict requests answered, by HTTP status.",
                                 ["status"], registry=self.registry)
+        self.coalesced = Histogram("salesfc_predict_coalesced_requests", "Requests forecast together in one online "
+                                   "read and one pass of the network (those that arrived while it was busy).",
+                                   buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.rows = Counter("salesfc_predict_rows", "Rows answered by POST /predict, by outcome (ok, "
                             "unknown_series, stale_features).", ["outcome"], registry=self.registry)
         self.model = Gauge("salesfc_model_info", "The loaded model: 1 for its run id and forecast week.",
@@ -454,18 +571,30 @@ def create_app(config):
         return JSONResponse({"detail": [{"type": "less_than_equal", "loc": ["body", "horizon"], "msg": str(err),
                                          "input": err.asked}]}, status_code=422)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path == "/predict":
-            metrics.requests.labels(str(response.status_code)).inc()
-        return response
+    class CountPredictions:
+        """POST /predict answers by status. A plain ASGI middleware: Starlette's @app.middleware("http") passes every
+        request through a task and a stream of its own, which cost about a millisecond a request here."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http" or scope["path"] != "/predict":
+                return await self.inner(scope, receive, send)
+
+            async def counted(message):
+                if message["type"] == "http.response.start":
+                    metrics.requests.labels(str(message["status"])).inc()
+                await send(message)
+            return await self.inner(scope, receive, counted)
+
+    app.add_middleware(CountPredictions)
 
     @app.post("/predict", response_model=PredictResponse,
               responses={422: {"description": "Invalid request: the body names the field"},
                          503: {"model": Problem, "description": "No model yet or the database is away; see "
                                "Retry-After"}})
-    def predict(request: PredictRequest) -> dict:
+    async def predict(request: PredictRequest) -> dict:
         """Each row's forecast of next week (or, with `horizon`, of the week that many weeks ahead). A pair that is
         not a series of the prepared data, or whose online features are not of the forecast week, gets an `error`
         instead of a number."""
@@ -475,7 +604,7 @@ def create_app(config):
                 "type": "too_long", "loc": ("body", "rows"), "input": None,
                 "msg": f"{len(pairs)} rows is more than {limit}, the most one request may ask for "
                        "(--max-batch-rows): split the batch"}])
-        return service.predict(pairs, request.horizon)
+        return await service.predict_async(pairs, request.horizon)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -64,6 +64,46 @@ class SeriesWeeks:
         return np.where(found, self.order[at], 0), found
 
 
+class Columns:
+    """Equal-length numpy columns by name, read like a DataFrame by preprocessing (``col in``, ``[col]``,
+    ``len``, ``.columns``): the frame of a served forecast. Preprocessing reads about forty columns of a few rows;
+    building a DataFrame for them and pandas' per-column access were half of a served forecast's time."""
+
+    def __init__(self, data: dict[str, np.ndarray]):
+        self._data = data
+        self._rows = len(next(iter(data.values()))) if data else 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._data[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._data)
+
+    def rows(self, mask: np.ndarray) -> "Columns":
+        return Columns({name: values[mask] for name, values in self._data.items()})
+
+
+def column_array(frame, name: str) -> np.ndarray:
+    """A column of a DataFrame or of Columns, as numpy."""
+    values = frame[name]
+    return values if isinstance(values, np.ndarray) else values.to_numpy()
+
+
+def float_column(frame, name: str) -> np.ndarray:
+    """A column as floats, missing values (None, NA) as NaN, from a DataFrame or Columns alike."""
+    values = frame[name]
+    if isinstance(values, np.ndarray):
+        return values.astype(float)
+    return values.to_numpy(dtype=float, na_value=np.nan)
+
+
 def split_store_dept(key) -> tuple[np.ndarray, np.ndarray]:
     key = np.asarray(key, dtype=np.int64)
     return key // DEPT_BASE, key % DEPT_BASE
