@@ -65,6 +65,10 @@ def test_fallback_counts_are_row_counts_between_zero_and_the_rows(train):
         assert isinstance(count, int) and 0 <= count <= len(rows), (name, count)
     assert fallbacks["series_mean"] == int(np.isin(keys, [404, 505]).sum())
     assert fallbacks["last_value"] == int(np.isnan(lags[:, 0]).sum())
+    # Counted over some rows only (the scores count next week's rows of a multi-horizon table): as the subset alone.
+    some = rng.random(200) < 0.4
+    assert baselines.naive_forecasts(train, rows, counted=some)[1] == \
+        baselines.naive_forecasts(train, rows[some].reset_index(drop=True))[1]
 
 
 def test_no_fallback_when_every_series_was_in_training(train):

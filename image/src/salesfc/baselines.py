@@ -87,11 +87,12 @@ def year_before(labels: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     return np.where(found, labels["weekly_sales"].to_numpy(dtype=float)[row], np.nan)
 
 
-def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame, seasonal: np.ndarray | None = None
-                    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Forecasts of the naive baselines for ``rows``, and how many rows each had to fall back on. The lags are the
-    origin's (a forecast h weeks ahead carries the last value forward h weeks); ``seasonal``, the target week's sales
-    a year before (year_before), defaults to the row's lag 52 (one week ahead)."""
+def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame, seasonal: np.ndarray | None = None,
+                    counted: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Forecasts of the naive baselines for ``rows``, and how many rows (of those ``counted`` marks, default all)
+    each had to fall back on. The lags are the origin's (a forecast h weeks ahead carries the last value forward h
+    weeks); ``seasonal``, the target week's sales a year before (year_before), defaults to the row's lag 52 (one
+    week ahead)."""
     mean = series_means(train, rows)
     recent = _first_known(rows, ["sales_lag_1", "sales_lag_2", "sales_lag_4", "sales_lag_8"])
     last = np.where(np.isnan(recent), mean, recent)
@@ -106,9 +107,11 @@ def naive_forecasts(train: pd.DataFrame, rows: pd.DataFrame, seasonal: np.ndarra
     }
     lag_1 = rows["sales_lag_1"].to_numpy(dtype=float, na_value=np.nan)
     unseen = ~rows["store_dept"].isin(train["store_dept"]).to_numpy()
-    # Each count is a number of rows of ``rows``: between 0 and len(rows), so the report's counts add up.
-    fallbacks = {"last_value": int(np.isnan(lag_1).sum()), "seasonal_naive": int(np.isnan(seasonal).sum()),
-                 "moving_average_4": int(np.isnan(average).sum()), "series_mean": int(unseen.sum())}
+    # Each count is a number of counted rows: between 0 and their number, so the report's counts add up.
+    counted = np.ones(len(rows), dtype=bool) if counted is None else counted
+    fallbacks = {name: int((fell & counted).sum()) for name, fell in (
+        ("last_value", np.isnan(lag_1)), ("seasonal_naive", np.isnan(seasonal)),
+        ("moving_average_4", np.isnan(average)), ("series_mean", unseen))}
     return forecasts, fallbacks
 
 
@@ -268,7 +271,7 @@ def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep
     step = np.argmax(rng.random(keep[rows].shape) * keep[rows], axis=1)
     x, batch = _ahead_matrix(preprocessor, frame.iloc[rows], step)
     holiday = ahead.holiday[rows, step]
-    weight = preprocessor._weight_of(holiday, batch.scale) / preprocessor.params["weight_mean"]
+    weight = preprocessor.weight_of(holiday, batch.scale) / preprocessor.params["weight_mean"]
     return Examples(x, (ahead.sales[rows, step] / batch.scale).astype(np.float32), weight.astype(np.float32),
                     batch.scale, holiday)
 

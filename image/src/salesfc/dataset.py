@@ -243,15 +243,15 @@ class Preprocessor:
         week; both 0 where ``keep`` is False (no sales that week, or a week of another part of the split)."""
         with np.errstate(invalid="ignore"):
             target = np.where(keep, ahead.sales / scale[:, None], 0.0).astype(np.float32)
-        weight = self._weight_of(ahead.holiday, scale[:, None]) / self.params["weight_mean"]
+        weight = self.weight_of(ahead.holiday, scale[:, None]) / self.params["weight_mean"]
         return target, np.where(keep, weight, 0.0).astype(np.float32)
 
     @classmethod
     def _weight(cls, frame: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
-        return cls._weight_of(float_column(frame, "is_holiday"), scale)
+        return cls.weight_of(float_column(frame, "is_holiday"), scale)
 
     @staticmethod
-    def _weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Scale x holiday weight: a loss on the scaled target weighted so is the dollar WMAE."""
         return scale ** WEIGHT_POWER * np.where(is_holiday > 0, HOLIDAY_WEIGHT, 1.0)
 

@@ -259,12 +259,12 @@ def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_
     actual = rows["weekly_sales"].to_numpy(dtype=float)
     holiday = rows["is_holiday"].to_numpy()
     horizon = rows["horizon"].to_numpy()
-    naive, _ = baselines.naive_forecasts(train, rows, seasonal)
-    forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer["forecast"]}
     first = horizon == 1
+    naive, fallbacks = baselines.naive_forecasts(train, rows, seasonal, counted=first)
+    forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer["forecast"]}
     scores = {name: metrics.evaluate(actual[first], forecast[first], holiday[first])
               for name, forecast in forecasts.items()}
-    for name, count in baselines.naive_forecasts(train, rows[first], seasonal[first])[1].items():
+    for name, count in fallbacks.items():
         scores[name]["fallback_rows"] = count
     scores[baselines.PEER].update(chosen=peer["chosen"], iterations=peer["iterations"],
                                   fit_seconds=peer["fit_seconds"], cached=peer["cached"])
