@@ -41,8 +41,8 @@ def run(config) -> int:
     job = trainjob_of(owner)
     name = job["metadata"]["name"]
     for old in earlier_trainjobs(custom, namespace, owner):
-        if old != name or not owned_by(custom_get(custom, namespace, name), owner.metadata.uid):
-            delete(custom, namespace, old)
+        if old["metadata"]["name"] != name or not owned_by(old, owner.metadata.uid):
+            delete(custom, namespace, old["metadata"]["name"])
     found = settled(custom, namespace, name, config.wait_timeout)
     if found is not None:
         if not owned_by(found, owner.metadata.uid):
@@ -128,14 +128,14 @@ def owned_by(trainjob: dict | None, uid: str) -> bool:
                                         for ref in trainjob["metadata"].get("ownerReferences") or [])
 
 
-def earlier_trainjobs(custom, namespace: str, configmap) -> list[str]:
+def earlier_trainjobs(custom, namespace: str, configmap) -> list[dict]:
     """The TrainJobs this step created for the release: owned by its ConfigMap, or by a ConfigMap of the same name
     that is gone (an install before an uninstall, whose garbage collection may still be under way). Never one a
     user submitted."""
     listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    return sorted(item["metadata"]["name"] for item in listed
-                  if any(ref.get("kind") == "ConfigMap" and ref.get("name") == configmap.metadata.name
-                         for ref in item["metadata"].get("ownerReferences") or []))
+    return [item for item in listed
+            if any(ref.get("kind") == "ConfigMap" and ref.get("name") == configmap.metadata.name
+                   for ref in item["metadata"].get("ownerReferences") or [])]
 
 
 def custom_get(custom, namespace: str, name: str) -> dict | None:

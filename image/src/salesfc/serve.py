@@ -330,16 +330,10 @@ class Service:
             raise Unavailable(self.store_problem or "the feature store is not open yet")
         return loaded, store
 
-    def predict(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
+    async def predict(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
         """Each pair's forecast of the week ``horizon`` - 1 weeks after next week (1: next week). A horizon beyond
         the loaded model's is refused (HorizonTooFar). The rows are forecast together with those of the requests
-        that arrive meanwhile (``Coalescer``)."""
-        started = time.perf_counter()
-        self._check_horizon(self.current()[0], horizon)
-        return self._answer(pairs, horizon, self._coalescer.run(pairs), started)
-
-    async def predict_async(self, pairs: list[tuple[int, int]], horizon: int = 1) -> dict:
-        """``predict`` for an async endpoint: the event loop awaits the forecast instead of a thread blocking on it."""
+        that arrive meanwhile (``Coalescer``); the event loop awaits them instead of a thread blocking on them."""
         started = time.perf_counter()
         self._check_horizon(self.current()[0], horizon)
         done = await asyncio.wrap_future(self._coalescer.submit(pairs))
@@ -604,7 +598,7 @@ def create_app(config):
                 "type": "too_long", "loc": ("body", "rows"), "input": None,
                 "msg": f"{len(pairs)} rows is more than {limit}, the most one request may ask for "
                        "(--max-batch-rows): split the batch"}])
-        return await service.predict_async(pairs, request.horizon)
+        return await service.predict(pairs, request.horizon)
 
     @app.get("/healthz")
     def healthz() -> dict:
