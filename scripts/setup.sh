@@ -56,6 +56,7 @@ if [ $WITH_TESTS = 1 ]; then
   apt_install git git
   bash scripts/install-chart-tools.sh
   apt_install openssl openssl                       # the test control plane's service-account key
+  apt_install java openjdk-17-jre-headless          # Spark (tests/integration/test_spark.py)
   bash scripts/build-control-plane.sh               # the cluster tests' control plane (10-22 min cold on 2 cores)
   bash scripts/install-image-tools.sh
 fi

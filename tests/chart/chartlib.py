@@ -47,6 +47,17 @@ def serving_enabled(files: tuple[str, ...]) -> bool:
     return bool(enabled)
 
 
+def spark_cluster(files: tuple[str, ...]) -> bool:
+    """Whether these values files run the chart's Spark cluster (featureStore.offlineStore=spark, its cluster on by
+    default), read from the files themselves, like serving_enabled."""
+    store, cluster = "duckdb", True
+    for f in files:
+        spec = (yaml.safe_load((REPO / f).read_text()) or {}).get("featureStore") or {}
+        store = spec.get("offlineStore", store)
+        cluster = ((spec.get("spark") or {}).get("cluster") or {}).get("enabled", cluster)
+    return store == "spark" and bool(cluster)
+
+
 def values_cases() -> list[tuple[str, ...]]:
     """Every values file alone, the documented combinations, and the chart's defaults (no file)."""
     cases: list[tuple[str, ...]] = [()]

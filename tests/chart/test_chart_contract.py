@@ -26,7 +26,8 @@ def salesfc_runs(rendered) -> list[tuple[str, str, list[dict], dict]]:
     trainjob = rendered.trainjob["spec"]["trainer"]
     for where, _, spec in pod_specs(rendered):
         for c in containers(spec):
-            if "postgres" in c["image"]:
+            # PostgreSQL's own image; Spark's master and workers (the salesfc image, running pyspark's launcher).
+            if "postgres" in c["image"] or (c.get("command") or [""])[0] == "spark-class":
                 continue
             command = list(c.get("command") or []) + list(c.get("args") or [])
             env = list(c.get("env") or [])
@@ -103,6 +104,10 @@ def test_each_command_gets_only_its_settings_and_they_parse(files):
                     problems.append(f"{where}: PGSSLROOTCERT is {item.get('value')!r}")
             elif not name.startswith("SALESFC_"):
                 problems.append(f"{where}: {name} is set (only SALESFC_* settings, OMP_NUM_THREADS and PGSSLROOTCERT belong here)")
+            elif name == "SALESFC_SPARK_DRIVER_HOST":
+                # The address the Spark executors call the driver back on: the pod's own, known only at run time.
+                if item.get("valueFrom") != {"fieldRef": {"fieldPath": "status.podIP"}}:
+                    problems.append(f"{where}: {name} must be the pod's IP (fieldRef status.podIP)")
             elif name == settings.PASSWORD_ENV:
                 if set(item) != {"name", "valueFrom"} or "secretKeyRef" not in item["valueFrom"]:
                     problems.append(f"{where}: {name} must come from a secretKeyRef")
@@ -144,7 +149,7 @@ def test_every_salesfc_pod_mounts_the_shared_volume_and_the_store_config(files):
         assert "/shared" in mounts and "/etc/salesfc" in mounts, where
     for where, _, spec in pod_specs(rendered):
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
-        if where.startswith("StatefulSet/") or where.endswith("-launch"):
+        if where.startswith("StatefulSet/") or where.endswith("-launch") or "-spark-" in where:
             continue
         assert volumes["feature-store"]["configMap"]["name"] == config_map, where
         assert volumes["feature-store"]["configMap"]["items"] == [{"key": "feature_store.yaml",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from chartlib import (CHART, HELMS, REPO, case_id, containers, labels, pod_specs, render, serving_enabled,
-                      values_cases)
+                      spark_cluster, values_cases)
 
 pytestmark = pytest.mark.chart
 
@@ -77,7 +77,8 @@ def expected_components(files) -> set[str]:
     rendered = render("helm4", files)
     external = not rendered.of_kind("StatefulSet")
     return set(("prep", "launch", "trainer", "infer", "test") + (() if external else ("postgresql",)) +
-               (("serve",) if serving_enabled(files) else ()))
+               (("serve",) if serving_enabled(files) else ()) +
+               (("spark-master", "spark-worker") if spark_cluster(files) else ()))
 
 
 @pytest.mark.parametrize("files", values_cases(), ids=case_id)

@@ -177,7 +177,8 @@ def value_leaves(node, prefix="") -> list[str]:
 WHOLE = {"podSecurityContext", "containerSecurityContext", "postgresql.podSecurityContext",
          "postgresql.containerSecurityContext", "postgresql.resources", "prep.resources", "training.resources",
          "inference.resources", "tests.resources", "networkPolicy.dnsPorts", "serving.resources",
-         "launch.resources", "networkPolicy.apiServer.ports"}
+         "launch.resources", "networkPolicy.apiServer.ports", "featureStore.spark.master.resources",
+         "featureStore.spark.workers.resources", "featureStore.spark.conf"}
 
 
 def test_every_value_is_documented(chart_values):

@@ -29,7 +29,7 @@ def other_value(setting) -> str | None:
     candidates = [*setting.choices]
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         candidates += [str(default + 1), str(default * 2 + 1)]
-    candidates += ["3,2", "7", "abc", "0.5", "http://127.0.0.1:8000", "true"]
+    candidates += ["3,2", "7", "abc", "0.5", "http://127.0.0.1:8000", "true", "local[2]"]
     for text in candidates:
         try:
             value = setting.parse(text, setting.flag)
@@ -58,6 +58,8 @@ def test_each_flag_and_its_variable_change_that_setting_alone(command):
 @pytest.mark.parametrize("argv, environ, fragment", [
     (["train", "--epochs", "-1"], {}, "--epochs: '-1' must be a whole number of at least 1"),
     (["train", "--epochs", "2.5"], {}, "--epochs: '2.5' must be a whole number"),
+    (["train", "--spark-master", "yarn"], {},
+     "--spark-master: 'yarn' must be local, local[N], local[*] or spark://HOST:PORT"),
     (["train"], {"SALESFC_LR": "fast"}, "SALESFC_LR (environment): 'fast' must be a number"),
     (["train", "--hidden", "256,x"], {}, "--hidden: '256,x' must be comma-separated whole numbers"),
     (["prep", "--size", "huge"], {}, "--size: 'huge' is not one of tiny, small, full"),

@@ -168,6 +168,54 @@ them, its files mounted as the kubelet mounts the Secret). */}}
 {{- if and (not .Values.postgresql.external.enabled) (not .Values.postgresql.auth.existingSecret) }}true{{ end }}
 {{- end }}
 
+{{/* Whether the chart runs a Spark standalone cluster for the Spark offline store ("true" or empty). */}}
+{{- define "salesfc.spark.cluster" -}}
+{{- if and (eq .Values.featureStore.offlineStore "spark") .Values.featureStore.spark.cluster.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The Spark master's Deployment and Service. */}}
+{{- define "salesfc.spark.masterName" -}}
+{{- include "salesfc.componentName" (list . "spark-master" 52) }}
+{{- end }}
+
+{{/* Spark's ports. The master listens on 7077 and a worker on 7078; a reading pod's driver on 7078 and its block
+manager on 7079; executors' block managers from 7079 on (Spark moves up one port per executor on a worker, so the
+range leaves room for 16). Fixed ports, so that NetworkPolicies can name them. */}}
+{{- define "salesfc.spark.masterPort" }}7077{{ end }}
+{{- define "salesfc.spark.lastPort" }}7095{{ end }}
+
+{{/* The Spark settings of the offline store and of the materialization engine (one set for both). */}}
+{{- define "salesfc.spark.conf" -}}
+{{- $spark := .Values.featureStore.spark }}
+{{- $conf := dict
+  "spark.master" "${SALESFC_SPARK_MASTER}"
+  "spark.sql.session.timeZone" "UTC"
+  "spark.sql.execution.arrow.pyspark.enabled" "true"
+  "spark.ui.enabled" "false"
+  "spark.ui.showConsoleProgress" "false"
+  "spark.driver.memory" $spark.driverMemory
+}}
+{{- if include "salesfc.spark.cluster" . }}
+{{- $_ := set $conf "spark.driver.host" "${SALESFC_SPARK_DRIVER_HOST}" }}
+{{- $_ := set $conf "spark.driver.bindAddress" "0.0.0.0" }}
+{{- $_ := set $conf "spark.driver.port" "7078" }}
+{{- $_ := set $conf "spark.driver.blockManager.port" "7079" }}
+{{- $_ := set $conf "spark.blockManager.port" "7079" }}
+{{- $_ := set $conf "spark.port.maxRetries" "16" }}
+{{- $_ := set $conf "spark.executor.cores" ($spark.workers.cores | toString) }}
+{{- $_ := set $conf "spark.executor.memory" $spark.workers.memory }}
+{{- end }}
+{{- toYaml (merge (deepCopy $spark.conf) $conf) }}
+{{- end }}
+
+{{/* The components whose pods open PostgreSQL (a JSON list): the salesfc pods, and the Spark workers, whose
+executors write the online rows when prep materializes through Spark. */}}
+{{- define "salesfc.postgresql.clients" -}}
+{{- $clients := list "prep" "trainer" "infer" "serve" "test" }}
+{{- if include "salesfc.spark.cluster" . }}{{ $clients = append $clients "spark-worker" }}{{ end }}
+{{- toJson $clients }}
+{{- end }}
+
 {{/* The feature_store.yaml ConfigMap. */}}
 {{- define "salesfc.featureStore.configMapName" -}}
 {{- include "salesfc.componentName" (list . "feature-store" 63) }}
@@ -207,6 +255,15 @@ PostgreSQL settings its ${SALESFC_PG_*} placeholders are filled from. The passwo
     secretKeyRef:
       name: {{ include "salesfc.postgresql.secretName" . }}
       key: {{ include "salesfc.postgresql.secretKey" . }}
+{{- if eq .Values.featureStore.offlineStore "spark" }}
+- name: SALESFC_SPARK_MASTER
+  value: {{ ternary (printf "spark://%s:%s" (include "salesfc.spark.masterName" .) (include "salesfc.spark.masterPort" .)) "local[*]" (eq (include "salesfc.spark.cluster" .) "true") | quote }}
+# The address the Spark executors call this pod's driver back on (spark.driver.host).
+- name: SALESFC_SPARK_DRIVER_HOST
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,7 +1,7 @@
 """Everything salesfc asks of Feast: open the store, apply the definitions, load tables, read features.
 
-Which store is open follows ``--feature-store``: 'local', 'postgres' (files of the feature repo) or the path of a
-feature_store.yaml (the chart's ConfigMap). ``${SALESFC_PG_*}`` placeholders in the file are filled from the --pg-*
+Which store is open follows ``--feature-store``: 'local', 'postgres', 'spark' (files of the feature repo) or the path
+of a feature_store.yaml (the chart's ConfigMap). ``${SALESFC_PG_*}`` placeholders in the file are filled from the --pg-*
 settings and SALESFC_PG_PASSWORD: Feast expands environment variables when it reads the file, so salesfc puts the
 resolved settings into its own environment first. Relative paths in the file resolve against <workdir>/feast.
 """
@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -54,7 +55,8 @@ warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy conne
 
 SERVICE = "demand_forecasting_service"
 DEFINITIONS = "definitions.py"
-NAMED_STORES = {"local": "feature_store.yaml", "postgres": "feature_store.postgres.yaml"}
+NAMED_STORES = {"local": "feature_store.yaml", "postgres": "feature_store.postgres.yaml",
+                "spark": "feature_store.spark.yaml"}
 ENTITY_COLUMNS = ["store_dept", "store"]
 
 
@@ -76,13 +78,13 @@ def yaml_file(config) -> Path:
     choice = config.feature_store
     path = feature_repo(config) / NAMED_STORES[choice] if choice in NAMED_STORES else Path(choice)
     if not path.is_file():
-        raise UserError(f"--feature-store {choice}: {path} does not exist (use 'local', 'postgres' or the path of "
-                        "a feature_store.yaml)")
+        raise UserError(f"--feature-store {choice}: {path} does not exist (use 'local', 'postgres', 'spark' or the "
+                        "path of a feature_store.yaml)")
     return path
 
 
-def export_pg_environment(config) -> None:
-    """Put the resolved --pg-* settings where Feast's ${...} expansion finds them."""
+def export_store_environment(config) -> None:
+    """Put the resolved --pg-* and --spark-* settings where Feast's ${...} expansion finds them."""
     password = settings.password()
     if any(char in password for char in "'\n\r"):
         raise UserError(f"{settings.PASSWORD_ENV} contains a quote or a line break, which feature_store.yaml "
@@ -91,7 +93,11 @@ def export_pg_environment(config) -> None:
         "SALESFC_PG_HOST": config.pg_host, "SALESFC_PG_PORT": str(config.pg_port),
         "SALESFC_PG_DATABASE": config.pg_database, "SALESFC_PG_USER": config.pg_user,
         "SALESFC_PG_SSLMODE": config.pg_sslmode, settings.PASSWORD_ENV: password,
+        "SALESFC_SPARK_MASTER": config.spark_master, "SALESFC_SPARK_DRIVER_HOST": config.spark_driver_host,
     })
+    # Spark's Python workers (the materialization engine's UDFs) run this interpreter, which has Feast and salesfc,
+    # not the first python3 on PATH; on a standalone cluster the image's venv has the same path on every worker.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 # libpq's words for a certificate that will not verify however long one waits.
@@ -156,7 +162,7 @@ def endpoints(repo_config) -> list[Endpoint]:
 def repo_config(config):
     from feast.repo_config import load_repo_config
 
-    export_pg_environment(config)
+    export_store_environment(config)
     path = yaml_file(config)
     config.workspace.feast.mkdir(parents=True, exist_ok=True)
     try:
@@ -167,11 +173,21 @@ def repo_config(config):
 
 def location(repo_cfg, config) -> Location:
     kind = repo_cfg.offline_store.type
-    if kind == "duckdb":
-        return Location("file", config.workspace.data)
+    if kind in ("duckdb", "spark"):
+        return Location("file", config.workspace.data, kind)
     if kind == "postgres":
-        return Location("postgres", config.workspace.data)
-    raise UserError(f"offline store '{kind}' is not supported: use duckdb (parquet) or postgres")
+        return Location("postgres", config.workspace.data, kind)
+    raise UserError(f"offline store '{kind}' is not supported: use duckdb or spark (parquet) or postgres")
+
+
+def _check_spark(path: Path) -> None:
+    """Spark's offline store needs pyspark and a Java runtime; without them Feast fails deep inside a read."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise UserError(f"{path}: the spark offline store needs pyspark: pip install 'salesfc[spark]' (the image "
+                        "has it)")
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise UserError(f"{path}: the spark offline store needs Java 17 or later: install a JRE (e.g. apt-get "
+                        "install openjdk-17-jre-headless) or set JAVA_HOME")
 
 
 def wait_for_databases(repo_cfg, timeout: float) -> None:
@@ -207,6 +223,8 @@ def open_store(config, wait: bool = True) -> Store:
     if wait:
         wait_for_databases(cfg, config.wait_timeout)
     loc = location(cfg, config)
+    if loc.engine == "spark":
+        _check_spark(yaml_file(config))
     tables.set_location(loc)
     try:
         store = FeatureStore(repo_path=str(config.workspace.feast), config=cfg)
@@ -391,9 +409,11 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
                                            features=plan.batch_features if plan else store.service).to_df()
     if plan:
         frame = plan.apply(frame)
-    # PostgreSQL returns naive UTC timestamps, DuckDB aware ones: make them one thing.
+    # PostgreSQL returns naive UTC timestamps, DuckDB aware ones in microseconds, Spark in nanoseconds: make them
+    # one thing.
     if not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
         frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
+    frame[TIMESTAMP] = frame[TIMESTAMP].astype("datetime64[us, UTC]")
     frame = in_table_order(frame)
     week, key = frame[TIMESTAMP].array.asi8, frame["store_dept"].to_numpy(dtype=np.int64)
     duplicated = int(((week[1:] == week[:-1]) & (key[1:] == key[:-1])).sum())

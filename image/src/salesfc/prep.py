@@ -80,14 +80,14 @@ def run(config) -> int:
         "rows": {name: len(frame) for name, frame in frames.items()},
         "series": int(engineered.labels["store_dept"].nunique()),
         "forecast_series": [int(key) for key in engineered.forecast_series],
-        "offline_store": store.location.kind,
+        "offline_store": store.location.engine,
         "fingerprint": fingerprint(frames),
         "data_id": config.data_id,
     }
     previous = read_json(workspace.manifest) if workspace.manifest.exists() else None
     if previous != manifest and workspace.manifest.exists():
         workspace.manifest.unlink()  # the data is about to change: later stages must wait for the new manifest
-    with progress.stage(f"writing the offline store ({store.location.kind})"):
+    with progress.stage(f"writing the offline store ({store.location.engine})"):
         feature_store.write_offline_tables(store, frames)
     lap("offline store", logged=True)
     objects = feature_store.load_definitions(config, store)
@@ -102,7 +102,7 @@ def run(config) -> int:
 
     print(f"prep: {manifest['rows'][LABELS]:,} weeks of sales in {manifest['series']:,} series "
           f"({raw.source}), {manifest['first_week']} to {manifest['last_week']}")
-    print(f"prep: offline store {store.location.kind} ({feature_store.yaml_file(config)}), "
+    print(f"prep: offline store {store.location.engine} ({feature_store.yaml_file(config)}), "
           f"{len(applied['applied'])} Feast objects applied, online store holds next week "
           f"({manifest['next_week']}) for {len(manifest['forecast_series']):,} series")
     print(f"prep: manifest {workspace.manifest}; timings " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

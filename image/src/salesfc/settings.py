@@ -145,6 +145,14 @@ def http_url(text: str) -> str:
     return text
 
 
+def spark_master(text: str) -> str:
+    import re
+
+    if re.fullmatch(r"local(\[(\*|[1-9][0-9]*)\])?|spark://[A-Za-z0-9.-]+(:[0-9]+)?", text):
+        return text
+    raise ValueError("must be local, local[N], local[*] or spark://HOST:PORT (a Spark standalone master)")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -184,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Default: the one installed with salesfc (the image's, or the checkout's feature_repo/)."),
     Setting("feature_store", "Feast configuration: 'local' (file registry, DuckDB offline store over parquet, "
             "SQLite online store; needs no server), 'postgres' (registry, offline and online store in PostgreSQL, "
-            "see --pg-*), or the path of a feature_store.yaml.", "local"),
+            "see --pg-*), 'spark' (as 'local' with Feast's Spark offline store and materialization engine, Spark "
+            "in local mode; needs salesfc[spark] and Java), or the path of a feature_store.yaml.", "local"),
     Setting("pg_host", "PostgreSQL host for the 'postgres' feature store (and for any feature_store.yaml that "
             "uses ${SALESFC_PG_HOST}). The password comes from the environment variable SALESFC_PG_PASSWORD.",
             "localhost"),
@@ -193,6 +202,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pg_user", "PostgreSQL user (its password: SALESFC_PG_PASSWORD).", "salesfc"),
     Setting("pg_sslmode", "PostgreSQL TLS mode (libpq sslmode).", "prefer",
             choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    Setting("spark_master", "Spark master of the 'spark' feature store (and of any feature_store.yaml that uses "
+            "${SALESFC_SPARK_MASTER}): local[*] runs Spark inside this process; spark://HOST:PORT sends the reads "
+            "to a Spark standalone cluster (the chart's featureStore.spark).", "local[*]", spark_master),
+    Setting("spark_driver_host", "Address the executors of a Spark standalone cluster call this process's Spark "
+            "driver back on (spark.driver.host, for a feature_store.yaml that uses ${SALESFC_SPARK_DRIVER_HOST}; the "
+            "chart sets it to the pod's IP). Empty: Spark's own choice, this machine's address.", ""),
     Setting("wait_timeout", "Seconds to wait for this stage's inputs (database, prepared data, model) before "
             "failing; 0 checks once. launch: seconds to retry a TrainJob the Trainer's webhook denies for a runtime it "
             "has not seen yet.", 0.0, non_negative_float, commands=STAGES + LAUNCH),

@@ -129,10 +129,12 @@ def series_part_sql(column: str, parts: int) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """Where the offline store reads the tables: 'file' (parquet in data_dir) or 'postgres'."""
+    """Where the offline store reads the tables: 'file' (parquet in data_dir) or 'postgres', and the offline store
+    that reads them (``engine``: duckdb, ray or spark read the parquet files; postgres its tables)."""
 
     kind: str
     data_dir: Path
+    engine: str = "duckdb"
 
     def parquet(self, table: str) -> Path:
         return self.data_dir / f"{table}.parquet"
@@ -161,6 +163,11 @@ def batch_source(table: str):
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
         return PostgreSQLSource(name=table, table=Location.pg_table(table), timestamp_field=TIMESTAMP)
+    if _location.engine == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(name=table, path=str(_location.parquet(table).resolve()), file_format="parquet",
+                           timestamp_field=TIMESTAMP)
     from feast import FileSource
 
     return FileSource(name=table, path=str(_location.parquet(table).resolve()), timestamp_field=TIMESTAMP)

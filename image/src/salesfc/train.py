@@ -395,7 +395,7 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     tick = time.perf_counter()
     reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, until=split.test_start),
                                           context.world_size, config.rows_per_read)
-    with progress.stage(f"reading the training set through Feast ({store.location.kind} offline store)",
+    with progress.stage(f"reading the training set through Feast ({store.location.engine} offline store)",
                         total=reads, unit="read", enabled=context.is_main) as bar:
         frame = feature_store.shard_features(store, context.rank, context.world_size, reads, on_read=bar.update,
                                              until=split.test_start)
@@ -408,10 +408,10 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     rows["test"] = feature_store.rows_in_weeks(counts, since=split.test_start)
     if context.is_main:
         log.info("read %d training and validation rows through Feast (%s offline store) in %.1f s, %s; the %d "
-                 "held-out rows are not read", rows["train"] + rows["val"], store.location.kind, retrieval_seconds,
+                 "held-out rows are not read", rows["train"] + rows["val"], store.location.engine, retrieval_seconds,
                  f"{context.world_size} processes each their own series" if context.distributed else "one process",
                  rows["test"])
-    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.kind, "rows": rows}
+    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.engine, "rows": rows}
     return arrays, info, preprocessor, split
 
 
