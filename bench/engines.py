@@ -1,34 +1,43 @@
 """Offline-store engines side by side (issue 13): the whole training set read through Feast by DuckDB (the
-default), Spark (Feast's Spark offline store, local mode: `--feature-store spark`) and Ray (Feast's Ray offline
-store, local mode; only when `ray` is importable: salesfc does not install it), on the same prepared parquet
-tables at 1x and 10x the stores.
+default), Spark (Feast's Spark offline store: `--feature-store spark`) in local mode and on a Spark standalone
+cluster on this machine (a master and one worker: the chart's mode, executors in another JVM), and Ray (Feast's Ray
+offline store, local mode; only when `ray` is importable: salesfc does not install it), on the same prepared
+parquet tables at 1x and 10x the stores.
 
 Each engine reads in its own fresh process, as backtest reads (feature_store.shard_features: every series in reads
 of the default --rows-per-read, float32 features), after one small warm-up read of the last week; the process's
 wall time, the read alone, and the peak memory of its largest process (Spark's JVM is a child of the reader) are
-measured as bench/scale.py measures its stages. Each engine's frame is checked against DuckDB's (every label row
+measured as bench/scale.py measures its stages; on the cluster, the master's and the worker's processes (the
+executor is the worker's child) are sampled the same way beside the reader's. Each engine's frame is checked against DuckDB's (every label row
 once, the same sums of every feature column).
 
-    python bench/engines.py [--sizes 1,10] [--engines duckdb,spark,ray] [--timeout 900]
+    python bench/engines.py [--sizes 1,10] [--engines duckdb,spark,spark-cluster,ray] [--timeout 900]
     python bench/engines.py --sizes 1 --engines duckdb,ray --timeout 300
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, cli_env, machine, salesfc, table  # noqa: E402
-from scale import GIB, STORES_1X, read_result, run_measured  # noqa: E402
+from common import CACHE, REPO, cli_env, machine, salesfc, table  # noqa: E402
+from scale import GIB, SAMPLE_S, STORES_1X, read_result, run_measured, sample  # noqa: E402
 
-ENGINES = ("duckdb", "spark", "ray")
+sys.path.insert(0, str(REPO / "scripts"))
+from spark_cluster import standalone_cluster  # noqa: E402
+
+ENGINES = ("duckdb", "spark", "spark-cluster", "ray")
+WORKER_MEMORY = "6g"  # what the one worker offers its executor (the machine has 24 GiB)
 # Feast's Ray offline store in local mode, as its documentation configures it; salesfc ships no Ray profile.
 RAY_YAML = """project: salesfc
 provider: local
@@ -63,7 +72,7 @@ def engine_workdir(engine: str, data: Path, multiple: int) -> tuple[Path, str]:
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "feast").mkdir(parents=True)
     (workdir / "data").symlink_to((data / "data").resolve())
-    if engine == "spark":
+    if engine.startswith("spark"):
         return workdir, "spark"
     shutil.copy(data / "feast" / "registry.db", workdir / "feast")  # file sources, which Ray's store reads
     yaml = workdir / "feature_store.ray.yaml"
@@ -103,6 +112,34 @@ def same_values(found: dict, reference: dict) -> str:
     return "yes" if not differ else f"no: {', '.join(differ[:3])}"
 
 
+@contextlib.contextmanager
+def cluster_for(engine: str, folder: Path):
+    """(environment, peak()) of an engine's read: for spark-cluster, a standalone cluster started for it (not timed)
+    and the largest peak of its processes while the read ran; for the others, nothing."""
+    if engine != "spark-cluster":
+        yield {}, lambda: 0
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    with standalone_cluster(folder, workers=1, cores=2, memory=WORKER_MEMORY) as cluster:
+        peaks: dict = {}
+        done = threading.Event()
+
+        def watch():
+            roots = [psutil.Process(p.pid) for p in cluster.processes]
+            while not done.is_set():
+                for root in roots:
+                    sample(root, peaks)
+                done.wait(SAMPLE_S)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield {"SALESFC_SPARK_MASTER": cluster.url}, lambda: max(peaks.values(), default=0)
+        finally:
+            done.set()
+            watcher.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10", help="multiples of the full size's 45 stores")
@@ -125,7 +162,9 @@ def main() -> None:
             workdir, store_name = engine_workdir(engine, data, multiple)
             log = CACHE / "engines" / "logs" / f"{multiple}x-{engine}.log"
             command = [sys.executable, str(Path(__file__).resolve()), "--read", str(workdir), store_name]
-            m = run_measured(command, cli_env(), log, args.timeout)
+            with cluster_for(engine, CACHE / "engines" / f"{multiple}x-cluster") as (env, cluster_peak):
+                m = run_measured(command, cli_env(env), log, args.timeout)
+            m.peak_bytes = max(m.peak_bytes, cluster_peak())
             found = results[multiple, engine] = read_result(log) if m.code == 0 else {}
             print(f"  {multiple}x {engine}: {m.seconds:.1f} s, largest process {m.peak_bytes / GIB:.2f} GiB, "
                   f"{m.outcome}", flush=True)

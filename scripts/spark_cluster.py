@@ -4,8 +4,8 @@ featureStore.spark pods start them. The tests and bench/engines.py send salesfc'
 --spark-master spark://127.0.0.1:PORT: the driver stays in the salesfc process, the executors run in the
 workers, so the path is the cluster one (tasks shipped to other JVMs, results sent back), not local mode.
 
-    with standalone_cluster(tmp_path, workers=1, cores=2, memory="4g") as master:
-        ...  # master == "spark://127.0.0.1:PORT"
+    with standalone_cluster(tmp_path, workers=1, cores=2, memory="4g") as cluster:
+        ...  # cluster.url == "spark://127.0.0.1:PORT"; cluster.processes: the master's and the workers'
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT_S = 90
+
+
+@dataclass
+class Cluster:
+    url: str  # the master's spark:// URL
+    processes: list[subprocess.Popen]  # the master's, then each worker's (an executor is a worker's child)
 
 
 def free_port() -> int:
@@ -48,7 +55,7 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen, count: int = 1) -> N
 @contextlib.contextmanager
 def standalone_cluster(folder: Path, workers: int = 1, cores: int = 2, memory: str = "4g"):
     """Start a master on 127.0.0.1 and ``workers`` workers of ``cores`` cores and ``memory`` for executors; yield the
-    master's URL; stop them all (their process groups) on the way out."""
+    Cluster; stop them all (their process groups) on the way out."""
     folder.mkdir(parents=True, exist_ok=True)
     # The workers write their executors' logs and scratch space here, never under the installed pyspark.
     env = {**os.environ, "SPARK_LOG_DIR": str(folder), "SPARK_LOCAL_DIRS": str(folder / "local"),
@@ -68,7 +75,7 @@ def standalone_cluster(folder: Path, workers: int = 1, cores: int = 2, memory: s
                                    str(cores), "--memory", memory, "--webui-port", str(free_port()), "--work-dir",
                                    str(folder / f"work-{index}"), url], log, env))
         _wait_for(master_log, "Registering worker", master, count=workers)
-        yield url
+        yield Cluster(url, started)
     finally:
         for proc in reversed(started):
             with contextlib.suppress(ProcessLookupError):

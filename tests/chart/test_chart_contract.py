@@ -13,6 +13,7 @@ from salesfc import cli, settings
 pytestmark = pytest.mark.chart
 
 TORCHRUN = ["torchrun", "-m", "salesfc", "train"]
+SPARK_NODE = ["python", "-m", "salesfc.spark_env", "spark-class"]
 # launch only creates the TrainJob through the Kubernetes API: it reads no data, store or volume.
 NO_DATA = {"launch"}
 STORE_ENV = {"SALESFC_WORKDIR", "SALESFC_FEATURE_STORE", "SALESFC_PG_HOST", "SALESFC_PG_PORT", "SALESFC_PG_DATABASE",
@@ -27,7 +28,7 @@ def salesfc_runs(rendered) -> list[tuple[str, str, list[dict], dict]]:
     for where, _, spec in pod_specs(rendered):
         for c in containers(spec):
             # PostgreSQL's own image; Spark's master and workers (the salesfc image, running pyspark's launcher).
-            if "postgres" in c["image"] or (c.get("command") or [""])[0] == "spark-class":
+            if "postgres" in c["image"] or (c.get("command") or [])[:4] == SPARK_NODE:
                 continue
             command = list(c.get("command") or []) + list(c.get("args") or [])
             env = list(c.get("env") or [])

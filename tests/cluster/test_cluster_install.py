@@ -23,6 +23,8 @@ PROFILES = {
     "gpu4": ["values/gpu4.yaml"],
     "external-postgres": ["values/cpu.yaml", "values/external-postgres.yaml"],
     "openshift": ["values/gpu4.yaml", "values/openshift.yaml"],
+    # The Spark master and workers: Deployments with a Service, read-only shared claim, NetworkPolicy port ranges.
+    "scale-spark": ["values/cpu.yaml", "values/scale-spark.yaml"],
     "ci-default": ["charts/salesfc/ci/default-values.yaml"],
     "ci-external-postgres": ["charts/salesfc/ci/external-postgres-values.yaml"],
     "ci-gpu4-openshift": ["charts/salesfc/ci/gpu4-openshift-values.yaml"],
@@ -139,6 +141,20 @@ def check_database_settings(bed, namespace: str, job: dict) -> None:
         assert conn.execute("select 1").fetchone() == (1,)
 
 
+def check_spark_cluster(bed, namespace: str, replicas: int) -> None:
+    """The Spark master and its workers are up (Helm waited for them), spread over nodes, and the master's Service
+    selects the master."""
+    def component(name):
+        return [p for p in items(bed, "pods", namespace, f"app.kubernetes.io/component={name}")
+                if p["status"].get("phase") == "Running"]
+    masters, workers = component("spark-master"), component("spark-worker")
+    assert len(masters) == 1 and len(workers) == replicas, (len(masters), len(workers))
+    # The bed has 3 untainted nodes: the preferred anti-affinity puts the 4 workers on all of them.
+    assert len({p["spec"]["nodeName"] for p in workers}) == min(replicas, 3), workers
+    service = next(s for s in items(bed, "services", namespace) if s["metadata"]["name"].endswith("-spark-master"))
+    assert service["spec"]["selector"].items() <= masters[0]["metadata"]["labels"].items()
+
+
 @ON_LATEST
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_server):
@@ -205,6 +221,9 @@ def test_profile_installs_trains_tests_and_uninstalls(bed, profile, postgres_ser
     owners = live[0]["metadata"]["ownerReferences"]
     configmap = next(o for o in rendered if o["kind"] == "ConfigMap" and "trainjob.yaml" in o.get("data", {}))
     assert [(o["kind"], o["name"]) for o in owners] == [("ConfigMap", configmap["metadata"]["name"])], owners
+
+    if values["featureStore"]["offlineStore"] == "spark":
+        check_spark_cluster(bed, namespace, values["featureStore"]["spark"]["workers"]["replicas"])
 
     helm(bed, "test", release, "-n", namespace, "--timeout", "2m")
 

@@ -129,3 +129,17 @@ def test_demo_runs_end_to_end_without_installing_anything(run_in, image_metrics,
     expected = [f"/tmp/w/models/{run_id}/{name}" for name in ("checkpoint.pt", "model.pt", "preprocess.json")]
     expected += [f"/tmp/w/reports/{run_id}/{name}" for name in ("report.md", "metrics.json", "predictions.parquet")]
     ok(run_in("sh", "-c", " && ".join(f"test -s {path}" for path in expected)), f"artifacts of {run_id}")
+
+
+def test_spark_runs_in_the_image(run_in):
+    """What the chart's featureStore.offlineStore=spark runs: pyspark's launcher on PATH for the master and workers,
+    a Java runtime, and salesfc's Spark store (prep: Feast's Spark sources and materialization engine), as an
+    arbitrary UID with no index reachable."""
+    ok(run_in("sh", "-c", "command -v spark-class && java -version 2>&1"), "spark-class and java on PATH")
+    out = ok(run_in("salesfc", "prep", "--size", "tiny", "--workdir", "/tmp/spark", "--feature-store", "spark",
+                    user=ARBITRARY_USER, env=NO_PIP_ENV, timeout=900), "salesfc prep --feature-store spark")
+    assert "offline store spark" in out
+    # The chart's Spark master and workers start through salesfc.spark_env: the arbitrary UID gets a name.
+    who = ok(run_in("python", "-m", "salesfc.spark_env", "sh", "-c", "whoami; echo $HOME", user=ARBITRARY_USER),
+             "python -m salesfc.spark_env whoami")
+    assert who.split() == ["salesfc", "/opt/salesfc/home"], who

@@ -115,9 +115,9 @@ def test_spark_in_local_mode_reads_what_duckdb_reads(duckdb_dir, tmp_path, run_s
 
 def test_spark_on_a_standalone_cluster_reads_what_duckdb_reads(duckdb_dir, tmp_path, run_salesfc):
     """The chart's mode: the driver in the salesfc process, the executors in a worker JVM of a standalone cluster."""
-    with standalone_cluster(tmp_path / "cluster", workers=1, cores=2, memory="2g") as master:
+    with standalone_cluster(tmp_path / "cluster", workers=1, cores=2, memory="2g") as cluster:
         found = spark_reads(run_salesfc, tmp_path / "spark", tmp_path / "reads", weeks_before_end(duckdb_dir, 3),
-                            env={"SALESFC_SPARK_MASTER": master})
+                            env={"SALESFC_SPARK_MASTER": cluster.url})
         worker_log = (tmp_path / "cluster" / "worker-0.log").read_text()
     assert "Asked to launch executor" in worker_log  # the work went to the cluster, not to a local Spark
     assert_reads_match_duckdb(found, duckdb_dir)

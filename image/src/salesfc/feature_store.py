@@ -39,7 +39,7 @@ def _unchecked(target=None, **_options):
 typeguard.typechecked = _unchecked
 import feast  # noqa: E402,F401 - slow (seconds); imported once here, then its warning filters are overridden below
 
-from salesfc import settings, tables
+from salesfc import settings, spark_env, tables
 from salesfc.errors import UserError
 from salesfc.tables import LABELS, TIMESTAMP, Location
 from salesfc.waiting import wait_for
@@ -98,6 +98,10 @@ def export_store_environment(config) -> None:
     # Spark's Python workers (the materialization engine's UDFs) run this interpreter, which has Feast and salesfc,
     # not the first python3 on PATH; on a standalone cluster the image's venv has the same path on every worker.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if config.spark_master.startswith("local"):
+        # Local mode talks only to itself: bind the loopback, not the address of a host name that may not resolve
+        # (containers often have none; Spark would stop at InetAddress.getLocalHost).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
 # libpq's words for a certificate that will not verify however long one waits.
@@ -225,6 +229,7 @@ def open_store(config, wait: bool = True) -> Store:
     loc = location(cfg, config)
     if loc.engine == "spark":
         _check_spark(yaml_file(config))
+        spark_env.prepare()
     tables.set_location(loc)
     try:
         store = FeatureStore(repo_path=str(config.workspace.feast), config=cfg)
