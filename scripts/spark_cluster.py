@@ -1,6 +1,6 @@
 """A private Spark standalone cluster on this machine: one master and its workers, each its own JVM, started with
-the `spark-class` launcher that pyspark installs beside the venv's python, exactly as the chart's
-featureStore.spark pods start them. The tests and bench/engines.py send salesfc's reads to it with
+the `spark-class` launcher that pyspark installs beside the venv's python, through salesfc.spark_env: exactly as
+the chart's featureStore.spark pods start them. The tests and bench/engines.py send salesfc's reads to it with
 --spark-master spark://127.0.0.1:PORT: the driver stays in the salesfc process, the executors run in the
 workers, so the path is the cluster one (tasks shipped to other JVMs, results sent back), not local mode.
 
@@ -35,9 +35,10 @@ def free_port() -> int:
 
 
 def _start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    # The chart's command: pyspark's launcher through salesfc.spark_env (SPARK_HOME, a user name for the UID).
     spark_class = Path(sys.executable).parent / "spark-class"
-    return subprocess.Popen([str(spark_class), *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "salesfc.spark_env", str(spark_class), *args],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, count: int = 1) -> None:

@@ -143,3 +143,11 @@ def test_spark_runs_in_the_image(run_in):
     who = ok(run_in("python", "-m", "salesfc.spark_env", "sh", "-c", "whoami; echo $HOME", user=ARBITRARY_USER),
              "python -m salesfc.spark_env whoami")
     assert who.split() == ["salesfc", "/opt/salesfc/home"], who
+    # The master as the chart starts it, stopped after 40 s (grep stops reading at its line).
+    master = run_in("sh", "-c", "timeout 40 python -m salesfc.spark_env spark-class "
+                    "org.apache.spark.deploy.master.Master --host 127.0.0.1 --port 7077 --webui-port 8080 2>&1 "
+                    "| grep -m1 'I have been elected leader'", user=ARBITRARY_USER, timeout=120,
+                    # buildah's chroot makes up a host name that nothing resolves (a pod's resolves; the chart sets
+                    # SPARK_LOCAL_IP to the pod's IP anyway).
+                    env={"SPARK_LOCAL_IP": "127.0.0.1"})
+    assert "I have been elected leader" in master.stdout, master.stdout[-2000:] + master.stderr[-2000:]

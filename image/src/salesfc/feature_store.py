@@ -177,11 +177,12 @@ def repo_config(config):
 
 def location(repo_cfg, config) -> Location:
     kind = repo_cfg.offline_store.type
-    if kind in ("duckdb", "spark"):
+    # Feast's Ray store reads the same file sources as DuckDB; bench/engines.py measures it (no profile uses it).
+    if kind in ("duckdb", "spark", "ray"):
         return Location("file", config.workspace.data, kind)
     if kind == "postgres":
         return Location("postgres", config.workspace.data, kind)
-    raise UserError(f"offline store '{kind}' is not supported: use duckdb or spark (parquet) or postgres")
+    raise UserError(f"offline store '{kind}' is not supported: use duckdb, spark or ray (parquet) or postgres")
 
 
 def _check_spark(path: Path) -> None:

@@ -5,7 +5,7 @@ UID, could not determine effective user" when getpwuid() knows no name for it. n
 beside the Java runtime) answers getpwuid() from a file of ours instead: the JVMs started after ``prepare()`` (a
 driver's, through pyspark) see the user salesfc with this UID and HOME.
 
-The Spark master and workers of the chart start through this module too:
+The Spark master and workers of the chart (and scripts/spark_cluster.py's) start through this module too:
 
     python -m salesfc.spark_env spark-class org.apache.spark.deploy.worker.Worker ...
 """
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     if not command:
         raise SystemExit("usage: python -m salesfc.spark_env COMMAND [ARG ...]")
     prepare()
+    # pyspark's launchers look for their Spark with the first python3 on PATH unless SPARK_HOME says where it is.
+    import pyspark
+
+    os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
     os.execvp(command[0], command)
 
 
