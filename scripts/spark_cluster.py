@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from processes import free_port
 
 START_TIMEOUT_S = 90
 
@@ -26,12 +27,6 @@ START_TIMEOUT_S = 90
 class Cluster:
     url: str  # the master's spark:// URL
     processes: list[subprocess.Popen]  # the master's, then each worker's (an executor is a worker's child)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(args: list[str], log: Path, env: dict) -> subprocess.Popen:

@@ -143,5 +143,5 @@ def test_a_missing_java_or_pyspark_is_named(tmp_path, monkeypatch, run_salesfc):
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyspark" else object())
-    with pytest.raises(UserError, match=r"needs pyspark: pip install 'salesfc\[spark\]'"):
+    with pytest.raises(UserError, match=r"needs pyspark, a salesfc dependency: pip install 'pyspark>=4.0,<5'"):
         feature_store._check_spark(tmp_path / "feature_store.spark.yaml")

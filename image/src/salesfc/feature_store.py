@@ -188,8 +188,8 @@ def location(repo_cfg, config) -> Location:
 def _check_spark(path: Path) -> None:
     """Spark's offline store needs pyspark and a Java runtime; without them Feast fails deep inside a read."""
     if importlib.util.find_spec("pyspark") is None:
-        raise UserError(f"{path}: the spark offline store needs pyspark: pip install 'salesfc[spark]' (the image "
-                        "has it)")
+        raise UserError(f"{path}: the spark offline store needs pyspark, a salesfc dependency: pip install "
+                        "'pyspark>=4.0,<5' (the image has it)")
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise UserError(f"{path}: the spark offline store needs Java 17 or later: install a JRE (e.g. apt-get "
                         "install openjdk-17-jre-headless) or set JAVA_HOME")

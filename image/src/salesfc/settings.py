@@ -193,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("feature_store", "Feast configuration: 'local' (file registry, DuckDB offline store over parquet, "
             "SQLite online store; needs no server), 'postgres' (registry, offline and online store in PostgreSQL, "
             "see --pg-*), 'spark' (as 'local' with Feast's Spark offline store and materialization engine, Spark "
-            "in local mode; needs salesfc[spark] and Java), or the path of a feature_store.yaml.", "local"),
+            "in local mode; needs Java 17), or the path of a feature_store.yaml.", "local"),
     Setting("pg_host", "PostgreSQL host for the 'postgres' feature store (and for any feature_store.yaml that "
             "uses ${SALESFC_PG_HOST}). The password comes from the environment variable SALESFC_PG_PASSWORD.",
             "localhost"),
