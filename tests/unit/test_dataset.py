@@ -7,9 +7,9 @@ import pytest
 
 from salesfc import features
 from salesfc.data import synthetic
-from salesfc.dataset import CATEGORIES, Preprocessor, Split
+from salesfc.dataset import CATEGORIES, SEASON_PRIOR_ROWS, Preprocessor, Split, week_of_year
 from salesfc.errors import UserError
-from salesfc.tables import TIMESTAMP, Columns
+from salesfc.tables import TIMESTAMP, Columns, epoch_days
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,43 @@ def test_columns_as_online_reads_give_them_transform_the_same_as_a_frame(frame):
     np.testing.assert_array_equal(pre.transform(online.rows(kept)).numeric, a.numeric[kept])
 
 
+def test_a_one_week_scale_carries_the_department_profile_and_the_inputs_do_not(frame):
+    seasonal = Preprocessor.fit(frame)
+    # A model fitted before profiles existed (no "season" in its parameters): the level alone.
+    old = json.loads(json.dumps(seasonal.params))
+    old["scale"].pop("season")
+    plain = Preprocessor(old)
+    level = seasonal.level(frame)
+    np.testing.assert_array_equal(plain.scale(frame), level)
+    # The profile by hand: a department's sales over their levels in each week of year, shrunk towards 1.
+    against = frame["sales_rolling_mean_52"].notna().to_numpy()
+    rows = frame[against].assign(level=level[against])
+    cells = rows.groupby(["dept", "week_of_year"]).agg(sales=("weekly_sales", "sum"), level=("level", "sum"),
+                                                       n=("level", "size"))
+    expected = ((cells["n"] * cells["sales"] / cells["level"] + SEASON_PRIOR_ROWS) / (cells["n"] + SEASON_PRIOR_ROWS)
+                ).clip(0.2, 5.0)
+    profile = frame.join(expected.rename("profile"), on=["dept", "week_of_year"])["profile"].to_numpy()
+    assert against.sum() > 1000 and (~against).sum() > 1000  # both kinds of rows are there
+    assert np.nanmax(np.abs(profile - 1)) > 0.2  # a profile with a season in it
+    np.testing.assert_allclose(seasonal.scale(frame), np.where(against, level * profile, level), rtol=1e-5)
+    a, b = seasonal.transform(frame), plain.transform(frame)
+    # The inputs are the series' level-relative values either way; only target, weight and scale move.
+    np.testing.assert_allclose(a.numeric, b.numeric, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.target * a.scale, frame["weekly_sales"], rtol=1e-5, atol=1e-3)
+    # A later week's profile is that of its week of year, computed from its date as the store context computes it.
+    days = epoch_days(frame[TIMESTAMP])
+    np.testing.assert_array_equal(week_of_year(days), frame["week_of_year"].to_numpy())
+    three_weeks_on = frame.assign(week_of_year=week_of_year(days + 21))
+    np.testing.assert_allclose(seasonal.scale(frame, days, 3), seasonal.scale(three_weeks_on), rtol=1e-12)
+    assert not np.allclose(seasonal.scale(frame, days, 3), seasonal.scale(frame))
+    # A department not seen in training gets no profile.
+    unseen = frame.iloc[:50].assign(dept=999)
+    np.testing.assert_allclose(seasonal.scale(unseen), plain.scale(unseen))
+    # Saved and loaded as JSON it scales the same.
+    again = Preprocessor(json.loads(json.dumps(seasonal.params)))
+    np.testing.assert_array_equal(again.scale(frame), seasonal.scale(frame))
+
+
 def test_unseen_categories_get_code_zero(frame):
     pre = Preprocessor.fit(frame[frame["store"] != 4])
     batch = pre.transform(frame[frame["store"] == 4])
@@ -172,16 +209,16 @@ def test_every_horizon_trains_on_training_weeks_and_validates_on_validation_week
             assert (days < val_day).all()
         else:  # validation weeks forecast from every origin that reaches them
             assert days.min() == val_day - 7 * (horizon - 1)
-        # Each counted target is its series' sales in that week, over the origin's scale.
+        # Each counted target is its series' sales in that week, over the origin's level and that week's profile.
     rows = known[split.part(known[TIMESTAMP]) == 0]
-    scale = pre.scale(rows)
     keys = rows["store_dept"].to_numpy()
     target, weight = arrays["train_target"], arrays["train_weight"]
     days = arrays["train_days"]
+    scales = pre.horizon_scales(rows, days, horizon)
     for i in np.random.default_rng(1).choice(len(rows), 200, replace=False):
         for h in range(horizon):
             if weight[i, h] > 0:
-                expected = sales[(keys[i], days[i] + 7 * h)] / scale[i]
+                expected = sales[(keys[i], days[i] + 7 * h)] / scales[i, h]
                 assert target[i, h] == pytest.approx(expected, rel=1e-5, abs=1e-6)
             else:
                 assert (keys[i], days[i] + 7 * h) not in sales or days[i] + 7 * h >= val_day

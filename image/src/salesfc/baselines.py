@@ -269,11 +269,13 @@ def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep
     the one-week peer has, every horizon about equally often)."""
     rows = np.flatnonzero(keep.any(axis=1))
     step = np.argmax(rng.random(keep[rows].shape) * keep[rows], axis=1)
-    x, batch = _ahead_matrix(preprocessor, frame.iloc[rows], step)
+    origins = frame.iloc[rows]
+    x, _ = _ahead_matrix(preprocessor, origins, step)
+    scale = preprocessor.scale(origins, epoch_days(origins[TIMESTAMP]), step)
     holiday = ahead.holiday[rows, step]
-    weight = preprocessor.weight_of(holiday, batch.scale) / preprocessor.params["weight_mean"]
-    return Examples(x, (ahead.sales[rows, step] / batch.scale).astype(np.float32), weight.astype(np.float32),
-                    batch.scale, holiday)
+    weight = preprocessor.weight_of(holiday, scale) / preprocessor.params["weight_mean"]
+    return Examples(x, (ahead.sales[rows, step] / scale).astype(np.float32), weight.astype(np.float32), scale,
+                    holiday)
 
 
 def _ahead_key(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.ndarray, step: np.ndarray, data: str, split,
@@ -327,8 +329,9 @@ def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, orig
     categorical = peer_categorical(preprocessor, n_inputs) + [n_inputs + len(preprocessor.cardinalities) + 1]
     with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
         result = _search(train, val, categorical, seed)
-        x, batch = _ahead_matrix(preprocessor, origins.iloc[at], step)
-        forecast = result.pop("model").predict(x) * batch.scale
+        chosen = origins.iloc[at]
+        x, _ = _ahead_matrix(preprocessor, chosen, step)
+        forecast = result.pop("model").predict(x) * preprocessor.scale(chosen, epoch_days(chosen[TIMESTAMP]), step)
     result = {**result, "fit_seconds": round(time.perf_counter() - started, 1)}
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,17 @@
 
 The target is scale-aware: each row has a scale, the series' recent typical sales taken from its lagged
 statistics (the 52-week mean, else a shorter one, else last week's sales; at least ``SCALE_FLOOR`` dollars), and
-the model predicts ``weekly_sales / scale``. Sales-derived inputs are divided by the same scale, so a $200 and a
-$200,000 department look alike to the network and it learns shapes (seasonality, holiday lift, markdown response)
-that departments share. Trained with a loss weighted by scale (and x5 in holiday weeks), the error it minimizes
-is the Kaggle WMAE in dollars.
+the model predicts ``weekly_sales / scale``. Sales-derived inputs are divided by the series' level (the scale
+without the season, below), so a $200 and a $200,000 department look alike to the network and it learns shapes
+(seasonality, holiday lift, markdown response) that departments share. Trained with a loss weighted by scale (and
+x5 in holiday weeks), the error it minimizes is the Kaggle WMAE in dollars.
+
+A one-week forecast's scale also carries the season: where the level is the 52-week mean, it is multiplied by the
+department's seasonal profile for the week of year, fitted on the training rows (their sales against their level,
+pooled over the department's stores and shrunk towards 1 where few rows have the week). The network then learns how
+a series and a year differ from the department's usual pattern, not the pattern itself, and every training row,
+holiday season included, is scaled the same way. A forecast of a later week (``--horizon``) is scaled by that week's profile: the
+calendar of a week ahead is known at the origin.
 
 Everything fitted (means, spreads, category codes, fallback scales) comes from training rows only and is saved
 as JSON beside the model; inference applies it unchanged.
@@ -46,6 +53,11 @@ TRANSFORMS = {
     "demand_stability_score": "clip",
     "seasonal_index": "clip",
 }
+# The one-week forecast's scale carries the department's seasonal profile (see Preprocessor.scale): a week of year
+# seen in this many training rows of the department counts half, its profile shrunk halfway towards 1; within limits.
+SEASON_PRIOR_ROWS = 20.0
+SEASON_LIMITS = (0.2, 5.0)
+WEEKS_OF_YEAR = 53
 PER_SCALE_LIMIT = 10.0
 CLIP_LIMIT = 5.0
 # Standardized inputs are clipped here: a value far outside anything seen in training (a markdown ten times the
@@ -90,6 +102,7 @@ class Preprocessor:
         self.params = params
         # Built on first use: fit() applies scale() before the inputs are fitted (scale and categories are final).
         self._lookups: tuple[Lookup, list[Lookup]] | None = None
+        self._season_table: tuple[np.ndarray, Lookup] | None = None
 
     def lookups(self) -> tuple[Lookup, list[Lookup]]:
         """The department scale fallback and each category's codes (0 = not seen in training)."""
@@ -125,10 +138,11 @@ class Preprocessor:
             "dropped_inputs": [],
         }
         pre = cls(params)
-        scale = pre.scale(train)
+        level = pre.level(train)
+        params["scale"]["season"] = cls._season(train, level, depts, group, context)
         for column in columns:
             kind = TRANSFORMS.get(column, "plain")
-            raw = pre._raw(train, column, kind, scale)
+            raw = pre._raw(train, column, kind, level)
             mean, std, count = statistics.mean_std(context, raw)
             if count < 2 or std < 1e-9:
                 # Never varies in training (markdowns before they existed, say): nothing to learn from, and a value
@@ -140,12 +154,28 @@ class Preprocessor:
         # Series that sold a negative amount (returns) in training may again; the others' forecasts are floored at 0.
         negative = train.loc[train["weekly_sales"] < 0, "store_dept"].unique()
         params["may_go_negative"] = statistics.union(context, (int(key) for key in negative))
-        mean, std, _ = statistics.mean_std(context, np.log(scale))
+        mean, std, _ = statistics.mean_std(context, np.log(level))
         params["log_scale"] = {"mean": mean, "std": std or 1.0}
-        weight = pre._weight(train, scale)
+        weight = pre._weight(train, pre.scale(train))
         total, rows = context.sum_array([weight.sum(), len(weight)])
         params["weight_mean"] = float(total / rows)
         return pre
+
+    @staticmethod
+    def _season(train: pd.DataFrame, level: np.ndarray, depts: list, group: np.ndarray, context: Context) -> dict:
+        """Each department's profile by week of year: the sum of its sales over the sum of their levels, over the
+        training rows whose level is the 52-week mean (the level the profile multiplies), shrunk towards 1."""
+        against = ~np.isnan(float_column(train, SCALE_SOURCES[0]))
+        week = column_array(train, "week_of_year").astype(np.int64) - 1
+        cell = (group * WEEKS_OF_YEAR + np.clip(week, 0, WEEKS_OF_YEAR - 1))[against]
+        size = len(depts) * WEEKS_OF_YEAR
+        sums = [np.bincount(cell, weights=weights, minlength=size)
+                for weights in (float_column(train, "weekly_sales")[against], level[against], np.ones(len(cell)))]
+        sales, levels, rows = context.sum_array(np.stack(sums)).reshape(3, len(depts), WEEKS_OF_YEAR)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(levels > 0, sales / levels, 1.0)
+        profile = np.clip((rows * ratio + SEASON_PRIOR_ROWS) / (rows + SEASON_PRIOR_ROWS), *SEASON_LIMITS)
+        return {str(dept): [round(float(v), 6) for v in values] for dept, values in zip(depts, profile)}
 
     @staticmethod
     def _vocabulary(train: pd.DataFrame, name: str, context: Context) -> list:
@@ -158,7 +188,8 @@ class Preprocessor:
         return statistics.union(context, (int(v) for v in train[name].unique()))
 
     # -- applying ---------------------------------------------------------------------------------------------
-    def scale(self, frame: pd.DataFrame) -> np.ndarray:
+    def level(self, frame: pd.DataFrame) -> np.ndarray:
+        """The series' typical weekly sales: the first of the scale's sources a row has, else its department's."""
         spec = self.params["scale"]
         scale = np.full(len(frame), np.nan)
         for source in spec["sources"]:
@@ -167,6 +198,35 @@ class Preprocessor:
         fallback = self.lookups()[0](column_array(frame, "dept").astype(int), spec["global_fallback"]).astype(float)
         scale = np.where(np.isnan(scale), fallback, scale)
         return np.maximum(scale, spec["floor"])
+
+    def scale(self, frame: pd.DataFrame, days: np.ndarray | None = None, step: np.ndarray | int = 0) -> np.ndarray:
+        """What the target of the week ``step`` weeks after each row's own is divided by: the level, times the
+        department's profile for that week of year where the level is the 52-week mean the profile is measured
+        against (the module's text). ``days``: each row's own week (days since 1970-01-01), needed for a later week."""
+        level = self.level(frame)
+        if not self.params["scale"].get("season"):
+            return level
+        if np.all(np.asarray(step) == 0):
+            week = column_array(frame, "week_of_year").astype(np.int64)
+        else:
+            week = week_of_year(np.asarray(days, dtype=np.int64) + 7 * np.asarray(step, dtype=np.int64))
+        table, index = self.season_table()
+        row = index(column_array(frame, "dept").astype(np.int64), len(table) - 1)  # unseen: the last row, all 1
+        against = ~np.isnan(float_column(frame, self.params["scale"]["sources"][0]))
+        return level * np.where(against, table[row, np.clip(week - 1, 0, WEEKS_OF_YEAR - 1)], 1.0)
+
+    def horizon_scales(self, frame: pd.DataFrame, days: np.ndarray, horizon: int) -> np.ndarray:
+        """(rows, horizon): the scale of each row's own week and of the horizon - 1 weeks after it."""
+        return np.stack([self.scale(frame, days, step) for step in range(horizon)], axis=1)
+
+    def season_table(self) -> tuple[np.ndarray, "Lookup"]:
+        """The fitted profiles as a (departments + 1, weeks) array and the lookup of a department's row."""
+        if self._season_table is None:
+            season = self.params["scale"]["season"]
+            table = np.ones((len(season) + 1, WEEKS_OF_YEAR))
+            table[:-1] = [season[dept] for dept in season]
+            self._season_table = (table, Lookup({int(dept): i for i, dept in enumerate(season)}))
+        return self._season_table
 
     @staticmethod
     def _raw(frame: pd.DataFrame, column: str, kind: str, scale: np.ndarray) -> np.ndarray:
@@ -192,6 +252,7 @@ class Preprocessor:
         """Every column ``transform`` reads: the fitted inputs, the categories and the scale's sources."""
         wanted = [spec["column"] for spec in self.params["inputs"]]
         wanted += [spec["name"] for spec in self.params["categories"]] + list(self.params["scale"]["sources"])
+        wanted += ["week_of_year"] if self.params["scale"].get("season") else []
         return list(dict.fromkeys(wanted + ["dept"]))
 
     def transform(self, frame: pd.DataFrame) -> Batch:
@@ -202,12 +263,12 @@ class Preprocessor:
             raise UserError(f"the model was trained with column(s) {', '.join(absent)}, which the {len(frame):,} rows "
                             "to forecast do not have: the feature definitions changed since training; run "
                             "`salesfc prep`, then `salesfc train` again (or infer with the matching --run-id)")
-        scale = self.scale(frame)
+        level, scale = self.level(frame), self.scale(frame)
         numeric = np.empty((len(frame), self.n_numeric), dtype=np.float32)
         position = 0
         flags = []
         for spec in self.params["inputs"]:
-            raw = self._raw(frame, spec["column"], spec["transform"], scale)
+            raw = self._raw(frame, spec["column"], spec["transform"], level)
             missing = np.isnan(raw)
             standard = np.clip((raw - spec["mean"]) / spec["std"], -INPUT_LIMIT, INPUT_LIMIT)
             numeric[:, position] = np.where(missing, 0.0, standard)
@@ -218,7 +279,7 @@ class Preprocessor:
             numeric[:, position] = missing
             position += 1
         log_scale = self.params["log_scale"]
-        numeric[:, position] = (np.log(scale) - log_scale["mean"]) / log_scale["std"]
+        numeric[:, position] = (np.log(level) - log_scale["mean"]) / log_scale["std"]
 
         categories = np.zeros((len(frame), len(self.params["categories"])), dtype=np.int64)
         for i, (spec, codes) in enumerate(zip(self.params["categories"], self.lookups()[1])):
@@ -238,12 +299,13 @@ class Preprocessor:
         may = may.reshape(-1, *[1] * (forecast.ndim - 1))  # a row's every horizon
         return np.where(may, forecast, np.maximum(forecast, 0.0))
 
-    def horizon_targets(self, ahead: "Ahead", scale: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def horizon_targets(self, ahead: "Ahead", scales: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Target and weight (rows, horizon) of each row's later weeks, as ``transform`` makes them for the row's own
-        week; both 0 where ``keep`` is False (no sales that week, or a week of another part of the split)."""
+        week, each over its own week's scale (``horizon_scales``); both 0 where ``keep`` is False (no sales that week,
+        or a week of another part of the split)."""
         with np.errstate(invalid="ignore"):
-            target = np.where(keep, ahead.sales / scale[:, None], 0.0).astype(np.float32)
-        weight = self.weight_of(ahead.holiday, scale[:, None]) / self.params["weight_mean"]
+            target = np.where(keep, ahead.sales / scales, 0.0).astype(np.float32)
+        weight = self.weight_of(ahead.holiday, scales) / self.params["weight_mean"]
         return target, np.where(keep, weight, 0.0).astype(np.float32)
 
     @classmethod
@@ -254,6 +316,13 @@ class Preprocessor:
     def weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Scale x holiday weight: a loss on the scaled target weighted so is the dollar WMAE."""
         return scale ** WEIGHT_POWER * np.where(is_holiday > 0, HOLIDAY_WEIGHT, 1.0)
+
+
+def week_of_year(days: np.ndarray) -> np.ndarray:
+    """The ISO week of year of each day (days since 1970-01-01), as the store context's week_of_year column has it."""
+    unique, inverse = np.unique(days, return_inverse=True)
+    dates = pd.DatetimeIndex(np.datetime64("1970-01-01", "D") + unique.astype("timedelta64[D]"))
+    return dates.isocalendar().week.to_numpy(dtype=np.int64)[inverse.reshape(np.shape(days))]
 
 
 @dataclass

@@ -80,10 +80,10 @@ class Forecaster:
         the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows)."""
         batch = self.preprocessor.transform(frame)
         numeric, categories = torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)
-        days = None
+        days = own_days = None
         if self.horizon > 1:
-            weeks = frame[TIMESTAMP] if week is None else [week] * len(frame)
-            days = torch.from_numpy(epoch_days(weeks))
+            own_days = epoch_days(frame[TIMESTAMP] if week is None else [week] * len(frame))
+            days = torch.from_numpy(own_days)
         # In slices: the hidden activations of every member for 780K held-out rows (10x the stores) at once took
         # 1.1 GiB above the rest of infer.
         ratio = np.concatenate([self.network(numeric[i:i + PREDICT_ROWS], categories[i:i + PREDICT_ROWS],
@@ -93,8 +93,8 @@ class Forecaster:
                                [np.zeros((0, self.horizon, len(self.quantiles)), dtype=np.float32)]
                                ).astype(np.float64)
         # The floor is monotonic, so floored quantiles stay in order.
-        return {q: self.preprocessor.floor(frame, ratio[..., i] * batch.scale[:, None])
-                for i, q in enumerate(self.quantiles)}
+        scales = self.preprocessor.horizon_scales(frame, own_days, self.horizon)
+        return {q: self.preprocessor.floor(frame, ratio[..., i] * scales) for i, q in enumerate(self.quantiles)}
 
     def predict(self, frame: pd.DataFrame, week=None) -> np.ndarray:
         """The point forecast: the median, (rows, horizon)."""

@@ -281,7 +281,7 @@ class Trainer:
             loss_sum[0] += (error * weight * self.horizon_shares).sum().double()
             counted = weight > 0  # the (row, horizon) targets in the validation weeks
             loss_sum[1] += counted.sum()
-            scale = a["val_scale"][start:end].unsqueeze(1)
+            scale = a["val_scale"][start:end]
             dollars = (prediction.double() * scale)[counted]
             actual = (a["val_target"][start:end].double() * scale)[counted]
             parts.append(metrics.sums(actual.cpu().numpy(), dollars.cpu().numpy(),
@@ -437,11 +437,12 @@ def training_arrays(frame, split: Split, context: distributed.Context | None = N
         chosen = keep.any(axis=1)
         rows = frame[chosen]
         batch = preprocessor.transform(rows)
-        target, weight = preprocessor.horizon_targets(ahead.rows(chosen), batch.scale, keep[chosen])
+        scales = preprocessor.horizon_scales(rows, ahead.days[chosen], horizon)
+        target, weight = preprocessor.horizon_targets(ahead.rows(chosen), scales, keep[chosen])
         arrays.update({f"{name}_numeric": batch.numeric, f"{name}_categories": batch.categories,
                        f"{name}_days": ahead.days[chosen], f"{name}_target": target, f"{name}_weight": weight})
         if name == "val":
-            arrays["val_scale"] = batch.scale
+            arrays["val_scale"] = scales
             arrays["val_holiday"] = ahead.holiday[chosen]
     counts = context.sum_array([(part == code).sum() for code in range(3)])
     return arrays, preprocessor, dict(zip(("train", "val", "test"), (int(c) for c in counts)))
