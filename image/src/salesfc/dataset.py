@@ -7,12 +7,12 @@ without the season, below), so a $200 and a $200,000 department look alike to th
 (seasonality, holiday lift, markdown response) that departments share. Trained with a loss weighted by scale (and
 x5 in holiday weeks), the error it minimizes is the Kaggle WMAE in dollars.
 
-A one-week forecast's scale also carries the season: where the level is the 52-week mean, it is multiplied by the
-department's seasonal profile for the week of year, fitted on the training rows (their sales against their level,
+The scale also carries the season: where the level is the 52-week mean, it is multiplied by the department's
+seasonal profile for the target week's week of year, fitted on the training rows (their sales against their level,
 pooled over the department's stores and shrunk towards 1 where few rows have the week). The network then learns how
 a series and a year differ from the department's usual pattern, not the pattern itself, and every training row,
-holiday season included, is scaled the same way. A forecast of a later week (``--horizon``) is scaled by that week's profile: the
-calendar of a week ahead is known at the origin.
+holiday season included, is scaled the same way. A later week (``--horizon``) is scaled by its own week's profile:
+the calendar of a week ahead is known at the origin.
 
 Everything fitted (means, spreads, category codes, fallback scales) comes from training rows only and is saved
 as JSON beside the model; inference applies it unchanged.
@@ -53,7 +53,7 @@ TRANSFORMS = {
     "demand_stability_score": "clip",
     "seasonal_index": "clip",
 }
-# The one-week forecast's scale carries the department's seasonal profile (see Preprocessor.scale): a week of year
+# The scale carries the department's seasonal profile (see Preprocessor.scale): a week of year
 # seen in this many training rows of the department counts half, its profile shrunk halfway towards 1; within limits.
 SEASON_PRIOR_ROWS = 20.0
 SEASON_LIMITS = (0.2, 5.0)
@@ -203,21 +203,33 @@ class Preprocessor:
         """What the target of the week ``step`` weeks after each row's own is divided by: the level, times the
         department's profile for that week of year where the level is the 52-week mean the profile is measured
         against (the module's text). ``days``: each row's own week (days since 1970-01-01), needed for a later week."""
-        level = self.level(frame)
-        if not self.params["scale"].get("season"):
-            return level
-        if np.all(np.asarray(step) == 0):
-            week = column_array(frame, "week_of_year").astype(np.int64)
-        else:
-            week = week_of_year(np.asarray(days, dtype=np.int64) + 7 * np.asarray(step, dtype=np.int64))
-        table, index = self.season_table()
-        row = index(column_array(frame, "dept").astype(np.int64), len(table) - 1)  # unseen: the last row, all 1
-        against = ~np.isnan(float_column(frame, self.params["scale"]["sources"][0]))
-        return level * np.where(against, table[row, np.clip(week - 1, 0, WEEKS_OF_YEAR - 1)], 1.0)
+        return self.level(frame) * self._profile(frame, [self._week(frame, days, step)])[0]
 
     def horizon_scales(self, frame: pd.DataFrame, days: np.ndarray, horizon: int) -> np.ndarray:
         """(rows, horizon): the scale of each row's own week and of the horizon - 1 weeks after it."""
-        return np.stack([self.scale(frame, days, step) for step in range(horizon)], axis=1)
+        profiles = self._profile(frame, [self._week(frame, days, step) for step in range(horizon)])
+        return self.level(frame)[:, None] * np.stack(profiles, axis=1)
+
+    @staticmethod
+    def _week(frame: pd.DataFrame, days: np.ndarray | None, step: np.ndarray | int) -> np.ndarray:
+        """The ISO week of year of the week ``step`` weeks after each row's own: its week_of_year column, or for a
+        later week the calendar the network looks target weeks up in (salesfc.model.calendar_table)."""
+        if np.all(np.asarray(step) == 0):
+            return column_array(frame, "week_of_year").astype(np.int64)
+        from salesfc.model import calendar_table
+
+        target = np.asarray(days, dtype=np.int64) + 7 * np.asarray(step, dtype=np.int64)
+        return calendar_table()[0].numpy()[target]
+
+    def _profile(self, frame: pd.DataFrame, weeks: list[np.ndarray]) -> list[np.ndarray]:
+        """The seasonal factor of each row for each of ``weeks`` (1 without a fitted profile): the department and the
+        rows it applies to are looked up once for all of them."""
+        if not self.params["scale"].get("season"):
+            return [np.ones(len(frame)) for _ in weeks]
+        table, index = self.season_table()
+        row = index(column_array(frame, "dept").astype(np.int64), len(table) - 1)  # unseen: the last row, all 1
+        against = ~np.isnan(float_column(frame, self.params["scale"]["sources"][0]))
+        return [np.where(against, table[row, np.clip(week - 1, 0, WEEKS_OF_YEAR - 1)], 1.0) for week in weeks]
 
     def season_table(self) -> tuple[np.ndarray, "Lookup"]:
         """The fitted profiles as a (departments + 1, weeks) array and the lookup of a department's row."""
@@ -263,7 +275,8 @@ class Preprocessor:
             raise UserError(f"the model was trained with column(s) {', '.join(absent)}, which the {len(frame):,} rows "
                             "to forecast do not have: the feature definitions changed since training; run "
                             "`salesfc prep`, then `salesfc train` again (or infer with the matching --run-id)")
-        level, scale = self.level(frame), self.scale(frame)
+        level = self.level(frame)
+        scale = level * self._profile(frame, [self._week(frame, None, 0)])[0]
         numeric = np.empty((len(frame), self.n_numeric), dtype=np.float32)
         position = 0
         flags = []
@@ -316,13 +329,6 @@ class Preprocessor:
     def weight_of(is_holiday: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Scale x holiday weight: a loss on the scaled target weighted so is the dollar WMAE."""
         return scale ** WEIGHT_POWER * np.where(is_holiday > 0, HOLIDAY_WEIGHT, 1.0)
-
-
-def week_of_year(days: np.ndarray) -> np.ndarray:
-    """The ISO week of year of each day (days since 1970-01-01), as the store context's week_of_year column has it."""
-    unique, inverse = np.unique(days, return_inverse=True)
-    dates = pd.DatetimeIndex(np.datetime64("1970-01-01", "D") + unique.astype("timedelta64[D]"))
-    return dates.isocalendar().week.to_numpy(dtype=np.int64)[inverse.reshape(np.shape(days))]
 
 
 @dataclass
