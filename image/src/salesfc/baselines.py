@@ -250,17 +250,17 @@ def _search(train: Examples, val: Examples, categorical: list[int], seed: int) -
 
 
 # -- the peer beyond one week ------------------------------------------------------------------------------------
-def _ahead_matrix(preprocessor: Preprocessor, origins: pd.DataFrame, step: np.ndarray) -> tuple[np.ndarray, object]:
+def _ahead_matrix(preprocessor: Preprocessor, origins: pd.DataFrame, step: np.ndarray) -> np.ndarray:
     """The one-week peer's matrix of each origin, plus the horizon and its target week's calendar (known ahead, as
     the network has it): weeks ahead, week of year, weeks to Thanksgiving and to Christmas."""
     from salesfc.features import calendar
 
-    x, batch = _peer_matrix(preprocessor, origins)
+    x, _ = _peer_matrix(preprocessor, origins)
     days = epoch_days(origins[TIMESTAMP]) + 7 * step
     known = calendar(pd.Series(EPOCH_DAY.tz_localize(None) + pd.to_timedelta(days, unit="D")))
     extra = np.column_stack([step + 1, known["week_of_year"], known["weeks_to_thanksgiving"],
                              known["weeks_to_christmas"]]).astype(np.float32)
-    return np.hstack([x, extra]), batch
+    return np.hstack([x, extra])
 
 
 def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep: np.ndarray,
@@ -270,7 +270,7 @@ def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep
     rows = np.flatnonzero(keep.any(axis=1))
     step = np.argmax(rng.random(keep[rows].shape) * keep[rows], axis=1)
     origins = frame.iloc[rows]
-    x, _ = _ahead_matrix(preprocessor, origins, step)
+    x = _ahead_matrix(preprocessor, origins, step)
     scale = preprocessor.scale(origins, epoch_days(origins[TIMESTAMP]), step)
     holiday = ahead.holiday[rows, step]
     weight = preprocessor.weight_of(holiday, scale) / preprocessor.params["weight_mean"]
@@ -330,7 +330,7 @@ def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, orig
     with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
         result = _search(train, val, categorical, seed)
         chosen = origins.iloc[at]
-        x, _ = _ahead_matrix(preprocessor, chosen, step)
+        x = _ahead_matrix(preprocessor, chosen, step)
         forecast = result.pop("model").predict(x) * preprocessor.scale(chosen, epoch_days(chosen[TIMESTAMP]), step)
     result = {**result, "fit_seconds": round(time.perf_counter() - started, 1)}
     if cache is not None:
