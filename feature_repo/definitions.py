@@ -3,7 +3,8 @@
 What we forecast: next week's sales of every department of every store (a "series"). Two tables feed the store,
 both written by `salesfc prep`, one row per week:
 
-* sales history, one row per store department and week t: lags and rolling statistics of weekly sales. Every
+* sales history, one row per store department and week t: lags and rolling statistics of weekly sales, and the
+  year over year of its store (all its departments' recent weeks against the same weeks a year before). Every
   value in the row for week t is computed from weeks *before* t, so a row never reads the sales it is used to
   predict. Lags count calendar weeks (a week a series did not report stays missing; it is not skipped over).
 * store context, one row per store and week t: calendar and holiday, weather, fuel price, CPI, unemployment,
@@ -69,6 +70,10 @@ sales_history_features = FeatureView(
         Field(name="sales_year_ago_mean_4", dtype=Float64,
               description="Mean of the 4 weeks before the same week last year (its level before last year's lift)."),
         Field(name="weeks_of_history", dtype=Int64, description="Weeks this series reported before this one."),
+        Field(name="store_sales_yoy_4", dtype=Float64,
+              description="The store's sales of the 4 weeks before over the same weeks a year earlier (its "
+                          "departments with both, pooled); missing in the first year."),
+        Field(name="store_sales_yoy_12", dtype=Float64, description="The same over 12 weeks."),
     ],
     source=batch_source("sales_history"),
     online=True,

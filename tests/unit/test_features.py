@@ -77,6 +77,29 @@ def test_rolling_statistics_match_pandas_on_shifted_windows(raw):
                                rtol=1e-7, atol=1e-6, equal_nan=True)
 
 
+def test_store_year_over_year_pools_the_store_departments_that_have_both_years(raw):
+    history = features.engineer(raw).sales_history
+    weeks = pd.date_range(raw.sales["date"].min(), raw.sales["date"].max() + pd.Timedelta(weeks=1), freq="7D")
+    grid = raw.sales.pivot_table(index="date", columns=["store", "dept"], values="weekly_sales").reindex(weeks)
+    checked = 0
+    for w in features.STORE_YOY_WINDOWS:
+        recent = grid.shift(1).rolling(w, min_periods=max(2, w // 2)).mean()
+        year_ago = recent.shift(52)
+        both = recent.notna() & year_ago.notna()
+        expected = (recent.where(both).T.groupby(level="store").sum().T
+                    / year_ago.where(both).T.groupby(level="store").sum().T)
+        got = history.pivot_table(index=TIMESTAMP, columns="store", values=f"store_sales_yoy_{w}", aggfunc="first",
+                                  dropna=False)
+        got.index = got.index.tz_localize(None)
+        # Every department of a store carries the same value.
+        assert (history.groupby(["store", TIMESTAMP])[f"store_sales_yoy_{w}"].nunique() <= 1).all()
+        np.testing.assert_allclose(got.to_numpy(), expected.reindex(index=got.index, columns=got.columns).to_numpy(),
+                                   rtol=1e-9, equal_nan=True)
+        assert got.iloc[:52].isna().all().all() and got.notna().sum().sum() > 100  # a year's history first
+        checked += 1
+    assert checked == 2
+
+
 def test_store_context_and_labels(raw):
     out = features.engineer(raw)
     context = out.store_context

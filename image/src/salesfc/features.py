@@ -29,8 +29,11 @@ HOLIDAY_REACH = 8.0
 # Kaggle flags four holidays; the code tells them apart (months as in the Walmart data).
 HOLIDAY_CODES = {2: 1, 9: 2, 11: 3, 12: 4, 1: 4}  # Super Bowl, Labor Day, Thanksgiving, Christmas (week after)
 
+# The store's year over year: its departments' sales in the w weeks before t over the same weeks a year earlier.
+STORE_YOY_WINDOWS = (4, 12)
 SALES_FEATURES = ([f"sales_lag_{k}" for k in LAGS] + [f"sales_rolling_mean_{w}" for w in WINDOWS]
-                  + [f"sales_rolling_std_{w}" for w in WINDOWS] + ["sales_year_ago_mean_4", "weeks_of_history"])
+                  + [f"sales_rolling_std_{w}" for w in WINDOWS] + ["sales_year_ago_mean_4", "weeks_of_history"]
+                  + [f"store_sales_yoy_{w}" for w in STORE_YOY_WINDOWS])
 CONTEXT_FEATURES = ["is_holiday", "holiday_code", "weeks_to_thanksgiving", "weeks_to_christmas", "week_of_year",
                     "month", "temperature", "fuel_price", "cpi", "unemployment", *MARKDOWNS, "total_markdown",
                     "has_markdown", "store_type", "store_size"]
@@ -97,6 +100,29 @@ def sales_grid_features(grid: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def store_yoy(features: dict[str, np.ndarray], store: np.ndarray) -> dict[str, np.ndarray]:
+    """Per (series, week) slot: its store's sales of the w weeks before t over those of the same weeks a year earlier,
+    summed over the store's departments that have both (NaN where none has).
+
+    A shift of the whole store (a promotion programme, a new competitor, the economy) shows here pooled over its
+    departments, about as precise as one department's noise over the square root of their number, where one
+    series' recent weeks against its own year-ago weeks are mostly noise. Both sums read weeks before t only."""
+    _, index = np.unique(store, return_inverse=True)
+    out = {}
+    for w in STORE_YOY_WINDOWS:
+        recent = features[f"sales_rolling_mean_{w}"]
+        year_ago = np.full_like(recent, np.nan)
+        year_ago[:, YEAR:] = recent[:, :-YEAR]
+        both = ~np.isnan(recent) & ~np.isnan(year_ago)
+        sums = np.zeros((2, index.max() + 1, recent.shape[1]))
+        np.add.at(sums[0], index, np.where(both, recent, 0.0))
+        np.add.at(sums[1], index, np.where(both, year_ago, 0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(sums[1] > 0, sums[0] / sums[1], np.nan)
+        out[f"store_sales_yoy_{w}"] = ratio[index]
+    return out
+
+
 def thanksgiving(year: int) -> pd.Timestamp:
     """The fourth Thursday of November."""
     first = pd.Timestamp(year=year, month=11, day=1)
@@ -138,6 +164,7 @@ def engineer(raw: RawData) -> Engineered:
     grid = np.full((len(series_keys), n_weeks), np.nan)
     grid[series_index, week] = sales["weekly_sales"].to_numpy()
     features = sales_grid_features(grid)
+    features.update(store_yoy(features, split_store_dept(series_keys)[0]))
 
     # Rows: every reported week, plus next week for series still active.
     reported = ~np.isnan(grid)
