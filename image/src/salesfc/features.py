@@ -60,6 +60,14 @@ def week_numbers(dates: pd.Series, origin: pd.Timestamp, what: str) -> np.ndarra
     return days // 7
 
 
+def weeks_earlier(values: np.ndarray, k: int) -> np.ndarray:
+    """A (series, weeks) array shifted k weeks later: each slot holds its series' value of k weeks before (NaN in the
+    first k weeks)."""
+    shifted = np.full_like(values, np.nan)
+    shifted[:, k:] = values[:, :-k]
+    return shifted
+
+
 def sales_grid_features(grid: np.ndarray) -> dict[str, np.ndarray]:
     """Features for every (series, week) slot from a (series, weeks) array of sales with NaN for empty weeks.
 
@@ -68,9 +76,7 @@ def sales_grid_features(grid: np.ndarray) -> dict[str, np.ndarray]:
     n_series, n_weeks = grid.shape
     out: dict[str, np.ndarray] = {}
     for k in LAGS:
-        lag = np.full_like(grid, np.nan)
-        lag[:, k:] = grid[:, :-k]
-        out[f"sales_lag_{k}"] = lag
+        out[f"sales_lag_{k}"] = weeks_earlier(grid, k)
     reported = ~np.isnan(grid)
     values = np.where(reported, grid, 0.0)
     # Prefix sums with a leading zero: prefix[:, t] covers weeks 0..t-1, i.e. strictly before t.
@@ -93,9 +99,7 @@ def sales_grid_features(grid: np.ndarray) -> dict[str, np.ndarray]:
         out[f"sales_rolling_std_{w}"] = np.where(enough, np.sqrt(variance), np.nan)
     # The 4 weeks before the same week last year: with sales_lag_52, last year's seasonal lift of this week
     # (lag_52 / year_ago_mean_4), which carries over to this year's level (sales_rolling_mean_4).
-    year_ago = np.full_like(grid, np.nan)
-    year_ago[:, YEAR:] = out["sales_rolling_mean_4"][:, :-YEAR]
-    out["sales_year_ago_mean_4"] = year_ago
+    out["sales_year_ago_mean_4"] = weeks_earlier(out["sales_rolling_mean_4"], YEAR)
     out["weeks_of_history"] = count.astype(np.int64)
     return out
 
@@ -111,8 +115,7 @@ def store_yoy(features: dict[str, np.ndarray], store: np.ndarray) -> dict[str, n
     out = {}
     for w in STORE_YOY_WINDOWS:
         recent = features[f"sales_rolling_mean_{w}"]
-        year_ago = np.full_like(recent, np.nan)
-        year_ago[:, YEAR:] = recent[:, :-YEAR]
+        year_ago = weeks_earlier(recent, YEAR)
         both = ~np.isnan(recent) & ~np.isnan(year_ago)
         sums = np.zeros((2, index.max() + 1, recent.shape[1]))
         np.add.at(sums[0], index, np.where(both, recent, 0.0))
