@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, machine, salesfc, table  # noqa: E402
 
@@ -34,7 +36,37 @@ def backtests(workdir: Path, seeds: list[int], extra: list[str]) -> dict[int, di
     return results
 
 
-def report(label: str, results: dict[int, dict]) -> dict:
+def oracles(workdir: Path, size: str, data_seed: int, training_seed: int) -> dict[str, list[float]]:
+    """Synthetic data only: the one-week WMAE per fold of two forecasters that know what the generator did, on the
+    rows of a backtest's forecasts (beside the noise floor, which knows it all). How far below the tree peer a model
+    could get: a perfect one reaches the floor, one that learns every effect of the data but can only estimate each
+    series' level from its past the level-estimating oracle, one that cannot know the markdowns' lift before it has
+    seen markdowns (folds that train before November 2011) the markdown-blind oracle.
+
+    - level-estimating: the noiseless signal x the series' median of sales over the signal in its weeks before the
+      fold (1 without any): every effect known, the level estimated as a model must.
+    - markdown-blind: the noiseless signal over the lift of the week's markdowns (synthetic.markdown_lift)."""
+    from salesfc.data import synthetic
+    from salesfc.metrics import evaluate
+
+    table = pd.read_parquet(workdir / "backtests" / f"bench-seed{training_seed}" / "predictions.parquet")
+    table = table[table["horizon"] == 1].assign(date=lambda t: t["week"].dt.tz_localize(None))
+    raw = synthetic.generate(size, data_seed)
+    sales = raw.sales[raw.sales["expected_sales"] > 0]
+    ratio = sales["weekly_sales"] / sales["expected_sales"]
+    blind = table["expected_sales"] / synthetic.markdown_lift(raw, data_seed, table)
+    out: dict[str, list[float]] = {"level-estimating oracle": [], "markdown-blind oracle": []}
+    for cutoff, fold in table.groupby("cutoff", sort=True):
+        before = sales["date"] < cutoff.tz_localize(None)
+        level = ratio[before].groupby([sales["store"][before], sales["dept"][before]]).median().rename("level")
+        level = fold.join(level, on=["store", "dept"])["level"].fillna(1.0)
+        for name, forecast in (("level-estimating oracle", fold["expected_sales"] * level),
+                               ("markdown-blind oracle", blind[fold.index])):
+            out[name].append(evaluate(fold["actual"], forecast, fold["is_holiday"])["wmae"])
+    return out
+
+
+def report(label: str, results: dict[int, dict], references: dict[str, list[float]] | None = None) -> dict:
     first = next(iter(results.values()))
     folds = [f["from"] for f in first["folds"]]
     rows = []
@@ -45,6 +77,8 @@ def report(label: str, results: dict[int, dict]) -> dict:
         if name in first["mean"]:
             rows.append(["noise floor (MAE/WMAE only)" if name == "noise_floor" else name,
                          *[f["all_weeks"][name]["wmae"] for f in first["folds"]], first["mean"][name]["wmae"]])
+    for name, values in (references or {}).items():
+        rows.append([name, *values, statistics.fmean(values)])
     print(f"\n{label}: WMAE $ per fold (first week shown) and mean over folds")
     print(table([[r[0], *[round(v) for v in r[1:]]] for r in rows], ["forecaster", *folds, "mean"]))
     holiday = first["folds"][0]
@@ -66,6 +100,9 @@ def report(label: str, results: dict[int, dict]) -> dict:
               "(goal <= 2%)")
     if "noise_floor" in first["mean"]:
         print(f"model WMAE / noise floor: {mean / first['mean']['noise_floor']['wmae']:.3f}")
+    for name, values in (references or {}).items():
+        print(f"{name} against the tree peer: {100 * (statistics.fmean(values) / peer - 1):+.1f}% (the model: "
+              f"{100 * verdict['gap']:+.1f}%)")
     if "by_horizon" in first:
         verdict["horizons"] = horizons(results)
     return verdict
@@ -114,7 +151,9 @@ def main() -> None:
             workdir = CACHE / f"{args.size}-data{data_seed}"
             salesfc("prep", "--size", args.size, "--data-seed", str(data_seed), "--workdir", str(workdir))
             print(f"\ndata seed {data_seed}: {args.size} synthetic data in {workdir}", flush=True)
-            verdicts[data_seed] = report(f"data seed {data_seed}", backtests(workdir, seeds, args.backtest_args))
+            results = backtests(workdir, seeds, args.backtest_args)
+            verdicts[data_seed] = report(f"data seed {data_seed}", results,
+                                         oracles(workdir, args.size, data_seed, seeds[0]))
     print("\nsummary: " + "; ".join(f"{k}: model {100 * v['gap']:+.1f}% against the tree peer, seed spread "
                                     f"{100 * v['spread']:.1f}%" for k, v in verdicts.items()))
     print("Weather, fuel, CPI, unemployment and markdowns of a forecast week are its recorded values (the Kaggle "

@@ -58,15 +58,39 @@ def values_args(files: list[str], sets: dict | None = None) -> list[str]:
     return args
 
 
+# Helm's --wait for an install or upgrade. KWOK makes a pod Ready within seconds on an idle machine, but CI builds the
+# trainer image beside these tests, and once a first install on a new control plane waited past 4 minutes for the
+# PostgreSQL StatefulSet (and passed in 35 s alone): a failure prints what the namespace held (describe_namespace).
+WAIT = ("--wait", "--timeout", "7m")
+WAIT_SECONDS = 480
+
+
 def install(bed, release: str, namespace: str, files: list[str], sets: dict | None = None,
-            extra: tuple[str, ...] = ("--wait", "--timeout", "4m")) -> subprocess.CompletedProcess:
-    return helm(bed, "install", release, str(CHART), "-n", namespace, "--create-namespace",
-                *values_args(files, sets), *extra)
+            extra: tuple[str, ...] = WAIT) -> subprocess.CompletedProcess:
+    return waited(bed, namespace, "install", release, str(CHART), "-n", namespace, "--create-namespace",
+                  *values_args(files, sets), *extra)
 
 
 def upgrade(bed, release: str, namespace: str, files: list[str], sets: dict | None = None):
-    return helm(bed, "upgrade", release, str(CHART), "-n", namespace, *values_args(files, sets),
-                "--wait", "--timeout", "4m")
+    return waited(bed, namespace, "upgrade", release, str(CHART), "-n", namespace, *values_args(files, sets), *WAIT)
+
+
+def waited(bed, namespace: str, *args: str) -> subprocess.CompletedProcess:
+    """helm with --wait; when it fails, the failure carries the namespace's pods, claims and events."""
+    try:
+        return helm(bed, *args, timeout=WAIT_SECONDS)
+    except (AssertionError, subprocess.TimeoutExpired) as error:
+        raise AssertionError(f"{error}\n{describe_namespace(bed, namespace)}") from error
+
+
+def describe_namespace(bed, namespace: str) -> str:
+    parts = []
+    for args in (("get", "pods,statefulsets,jobs,pvc", "-n", namespace, "-o", "wide"),
+                 ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+                 ("get", "nodes", "-o", "wide")):
+        result = bed.kubectl(*args, check=False)
+        parts.append(f"$ kubectl {' '.join(args)}\n{result.stdout}{result.stderr}")
+    return "\n".join(parts)
 
 
 def manifest(bed, release: str, namespace: str) -> list[dict]:

@@ -94,3 +94,18 @@ def test_a_chain_of_many_stores_keeps_the_first_45_and_draws_new_ones():
     assert synthetic.generate("tiny", seed=5, stores=3).stores["store"].tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="stores must be between 1 and"):
         synthetic.generate("tiny", stores=0)
+
+
+def test_markdown_lift_is_what_the_markdowns_add_to_the_signal(monkeypatch):
+    # Two blocks of stores (each drawn from a seed of its own), weeks with and without markdowns.
+    raw = synthetic.generate("tiny", seed=5, stores=50)
+    lift = synthetic.markdown_lift(raw, 5, raw.sales)
+    draw = synthetic._dept_params
+    monkeypatch.setattr(synthetic, "_dept_params", lambda rng: {**draw(rng), "markdown": np.zeros(len(synthetic.DEPTS))})
+    without = synthetic.generate("tiny", seed=5, stores=50).sales
+    pd.testing.assert_frame_equal(without[["store", "dept", "date"]], raw.sales[["store", "dept", "date"]])
+    np.testing.assert_allclose(raw.sales["expected_sales"] / lift, without["expected_sales"], rtol=1e-6, atol=1e-3)
+    markdown_weeks = raw.sales["date"] >= pd.Timestamp("2011-11-11")
+    assert (lift[~markdown_weeks.to_numpy()] == 1).all()
+    assert (lift[markdown_weeks.to_numpy()] > 1.001).mean() > 0.5
+    assert set(raw.sales.loc[markdown_weeks & (lift > 1.001), "store"]) >= {1, 46}

@@ -223,9 +223,39 @@ def block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
 
 
+def _streams(seed: int) -> list[np.random.Generator]:
+    """The generator's independent random streams: store, department, context, series, noise, coverage."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+
+
+def promotion(response: np.ndarray, total_markdown: np.ndarray, has_markdown: np.ndarray) -> np.ndarray:
+    """The markdowns' lift of expected sales: 1 + the department's response x log1p(the store's week's total markdown /
+    10,000), in weeks that have markdowns (arrays broadcast)."""
+    return 1 + response * np.log1p(np.clip(total_markdown, 0, None) / 10_000) * has_markdown
+
+
+def markdown_lift(raw: RawData, seed: int, rows: pd.DataFrame) -> np.ndarray:
+    """For each of ``rows`` (store, dept, date) of the data that ``generate(size, seed, ...)`` made (``raw``): the
+    factor its store's markdowns of that week lift expected sales by (1 without markdowns). expected_sales over it is
+    what a forecaster that knew every effect but the markdowns' would forecast: bench/accuracy.py's markdown-blind
+    oracle, since before November 2011 no training week has a markdown to learn the lift from."""
+    store = rows["store"].to_numpy(dtype=np.int64)
+    amounts = raw.external.set_index(["store", "date"])[list(MARKDOWNS)]
+    at = pd.MultiIndex.from_arrays([store, pd.to_datetime(rows["date"]).to_numpy()])
+    total = amounts.fillna(0.0).sum(axis=1).reindex(at).fillna(0.0).to_numpy()
+    has = amounts.notna().any(axis=1).reindex(at, fill_value=False).to_numpy(dtype=bool)
+    block = (store - 1) // N_STORES  # generate() draws each block of N_STORES stores from a seed of its own
+    lift = np.ones(len(rows))
+    for b in np.unique(block):
+        mine = block == b
+        dept = _dept_params(_streams(seed if b == 0 else block_seed(seed, int(b)))[1])
+        response = pd.Series(dept["markdown"], index=DEPTS).reindex(rows["dept"].to_numpy()[mine]).fillna(0.0)
+        lift[mine] = promotion(response.to_numpy(), total[mine], has[mine])
+    return lift
+
+
 def _generate(size: str, seed: int, keep_stores: int | None = None) -> RawData:
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
-    rng_store, rng_dept, rng_ext, rng_series, rng_noise, rng_cover = streams
+    rng_store, rng_dept, rng_ext, rng_series, rng_noise, rng_cover = _streams(seed)
 
     stores = _stores(rng_store)
     store_params = _store_params(rng_store)
@@ -269,10 +299,9 @@ def _generate(size: str, seed: int, keep_stores: int | None = None) -> RawData:
                   * (cpi / cpi[:, :1]) ** 0.5
                   * (1 - 0.01 * (unemployment - unemployment[:, :1])))                # (store, week)
     weather = 1 + dept["temperature"][None, :, None] * np.clip((temperature[:, None, :] - 60) / 20, -2.5, 2.5)
-    promotion = 1 + dept["markdown"][None, :, None] * np.log1p(np.clip(total_markdown, 0, None) / 10_000)[
-        :, None, :] * has_markdown[:, None, :]
+    lift = promotion(dept["markdown"][None, :, None], total_markdown[:, None, :], has_markdown[:, None, :])
     expected = (level[:, :, None] * store_week[:, None, :] * season[None, :, :] * holiday[None, :, :]
-                * weather * promotion)
+                * weather * lift)
 
     # Keep the requested size: the first stores, and for small sizes a fixed set of departments.
     n_keep = SIZES[size] if keep_stores is None else keep_stores
