@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from salesfc import features
 from salesfc.data import synthetic
-from salesfc.dataset import CATEGORIES, SEASON_PRIOR_ROWS, Preprocessor, Split
+from salesfc.dataset import CATEGORIES, EVENT_WEEKS, SEASON_POOLING, SEASON_PRIOR_ROWS, Preprocessor, Split
 from salesfc.errors import UserError
 from salesfc.model import calendar_table
 from salesfc.tables import TIMESTAMP, Columns, epoch_days
@@ -101,11 +102,23 @@ def test_a_one_week_scale_carries_the_department_profile_and_the_inputs_do_not(f
     plain = Preprocessor(old)
     level = seasonal.level(frame)
     np.testing.assert_array_equal(plain.scale(frame), level)
-    # The profile by hand: a department's sales over their levels in each week of year, shrunk towards 1.
+    # The profile by hand: a department's sales over their levels in each week of year, pooled with the weeks beside
+    # it unless either is a holiday's, shrunk towards 1.
     against = frame["sales_rolling_mean_52"].notna().to_numpy()
     rows = frame[against].assign(level=level[against])
     cells = rows.groupby(["dept", "week_of_year"]).agg(sales=("weekly_sales", "sum"), level=("level", "sum"),
                                                        n=("level", "size"))
+    pooled = {}
+    for (dept, week) in {(d, w) for d in frame["dept"].unique() for w in range(1, 54)}:
+        if week in EVENT_WEEKS:
+            near = {week: 1.0}
+        else:
+            near = {(week + k - 1) % 53 + 1: weight for k, weight in zip((-1, 0, 1), SEASON_POOLING)}
+            near = {w: weight for w, weight in near.items() if w not in EVENT_WEEKS}
+        parts = [cells.loc[(dept, w)] * weight for w, weight in near.items() if (dept, w) in cells.index]
+        if parts:
+            pooled[(dept, week)] = sum(parts)
+    cells = pd.DataFrame(pooled).T.rename_axis(["dept", "week_of_year"])
     expected = ((cells["n"] * cells["sales"] / cells["level"] + SEASON_PRIOR_ROWS) / (cells["n"] + SEASON_PRIOR_ROWS)
                 ).clip(0.2, 5.0)
     profile = frame.join(expected.rename("profile"), on=["dept", "week_of_year"])["profile"].to_numpy()

@@ -9,9 +9,9 @@ x5 in holiday weeks), the error it minimizes is the Kaggle WMAE in dollars.
 
 The scale also carries the season: where the level is the 52-week mean, it is multiplied by the department's
 seasonal profile for the target week's week of year, fitted on the training rows (their sales against their level,
-pooled over the department's stores and shrunk towards 1 where few rows have the week). The network then learns how
-a series and a year differ from the department's usual pattern, not the pattern itself, and every training row,
-holiday season included, is scaled the same way. A later week (``--horizon``) is scaled by its own week's profile:
+pooled over the department's stores and with the weeks beside it except around holidays, and shrunk towards 1
+where few rows have the week). The network then learns how a series and a year differ from the department's usual
+pattern, not the pattern itself, and every training row, holiday season included, is scaled the same way. A later week (``--horizon``) is scaled by its own week's profile:
 the calendar of a week ahead is known at the origin.
 
 Everything fitted (means, spreads, category codes, fallback scales) comes from training rows only and is saved
@@ -57,12 +57,31 @@ TRANSFORMS = {
 # seen in this many training rows of the department counts half, its profile shrunk halfway towards 1; within limits.
 SEASON_PRIOR_ROWS = 20.0
 SEASON_LIMITS = (0.2, 5.0)
+# A week's profile pools its cell with the weeks beside it, by these weights (the week before, itself, the week
+# after): one cell holds one row per store and year, so its ratio carries the noise of a few dozen rows, and seasons
+# change from week to week far less than that noise. Not across the weeks that carry a holiday or the holiday season
+# (ISO weeks; Super Bowl 6, Labor Day 36, Thanksgiving 47, the Christmas rush to the week after Christmas 49-52 and 1):
+# their lift is their own.
+SEASON_POOLING = (0.25, 0.5, 0.25)
+EVENT_WEEKS = (1, 6, 36, 46, 47, 48, 49, 50, 51, 52, 53)
 WEEKS_OF_YEAR = 53
 PER_SCALE_LIMIT = 10.0
 CLIP_LIMIT = 5.0
 # Standardized inputs are clipped here: a value far outside anything seen in training (a markdown ten times the
 # largest, a new store's size) must not drive the network into territory it never learned.
 INPUT_LIMIT = 6.0
+
+
+def pool_neighbours(cells: np.ndarray) -> np.ndarray:
+    """(departments, WEEKS_OF_YEAR) sums -> each ordinary week's SEASON_POOLING-weighted sum of itself and its ordinary
+    neighbours (the year wraps); event weeks keep their own."""
+    ordinary = ~np.isin(np.arange(1, WEEKS_OF_YEAR + 1), EVENT_WEEKS)
+    reach = len(SEASON_POOLING) // 2
+    pooled = np.zeros_like(cells)
+    for offset, weight in zip(range(-reach, reach + 1), SEASON_POOLING):
+        beside = np.roll(ordinary, -offset)  # beside[w]: week w + offset is ordinary
+        pooled += weight * np.where(ordinary & beside, np.roll(cells, -offset, axis=1), 0.0)
+    return np.where(ordinary, pooled, cells)
 
 
 def signed_log(values: np.ndarray) -> np.ndarray:
@@ -164,14 +183,16 @@ class Preprocessor:
     @staticmethod
     def _season(train: pd.DataFrame, level: np.ndarray, depts: list, group: np.ndarray, context: Context) -> dict:
         """Each department's profile by week of year: the sum of its sales over the sum of their levels, over the
-        training rows whose level is the 52-week mean (the level the profile multiplies), shrunk towards 1."""
+        training rows whose level is the 52-week mean (the level the profile multiplies), each week's sums pooled with
+        the weeks beside it (pool_neighbours), shrunk towards 1."""
         against = ~np.isnan(float_column(train, SCALE_SOURCES[0]))
         week = column_array(train, "week_of_year").astype(np.int64) - 1
         cell = (group * WEEKS_OF_YEAR + np.clip(week, 0, WEEKS_OF_YEAR - 1))[against]
         size = len(depts) * WEEKS_OF_YEAR
         sums = [np.bincount(cell, weights=weights, minlength=size)
                 for weights in (float_column(train, "weekly_sales")[against], level[against], np.ones(len(cell)))]
-        sales, levels, rows = context.sum_array(np.stack(sums)).reshape(3, len(depts), WEEKS_OF_YEAR)
+        sales, levels, rows = (pool_neighbours(cells) for cells in
+                               context.sum_array(np.stack(sums)).reshape(3, len(depts), WEEKS_OF_YEAR))
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(levels > 0, sales / levels, 1.0)
         profile = np.clip((rows * ratio + SEASON_PRIOR_ROWS) / (rows + SEASON_PRIOR_ROWS), *SEASON_LIMITS)
