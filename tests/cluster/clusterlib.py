@@ -61,8 +61,8 @@ def values_args(files: list[str], sets: dict | None = None) -> list[str]:
 # Helm's --wait for an install or upgrade. KWOK makes a pod Ready within seconds on an idle machine, but CI builds the
 # trainer image beside these tests, and once a first install on a new control plane waited past 4 minutes for the
 # PostgreSQL StatefulSet (and passed in 35 s alone): a failure prints what the namespace held (describe_namespace).
-WAIT = ("--wait", "--timeout", "7m")
-WAIT_SECONDS = 480
+WAIT_MINUTES = 7
+WAIT = ("--wait", "--timeout", f"{WAIT_MINUTES}m")
 
 
 def install(bed, release: str, namespace: str, files: list[str], sets: dict | None = None,
@@ -78,7 +78,7 @@ def upgrade(bed, release: str, namespace: str, files: list[str], sets: dict | No
 def waited(bed, namespace: str, *args: str) -> subprocess.CompletedProcess:
     """helm with --wait; when it fails, the failure carries the namespace's pods, claims and events."""
     try:
-        return helm(bed, *args, timeout=WAIT_SECONDS)
+        return helm(bed, *args, timeout=60 * (WAIT_MINUTES + 1))  # Helm's own deadline first
     except (AssertionError, subprocess.TimeoutExpired) as error:
         raise AssertionError(f"{error}\n{describe_namespace(bed, namespace)}") from error
 

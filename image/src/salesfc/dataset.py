@@ -11,8 +11,8 @@ The scale also carries the season: where the level is the 52-week mean, it is mu
 seasonal profile for the target week's week of year, fitted on the training rows (their sales against their level,
 pooled over the department's stores and with the weeks beside it except around holidays, and shrunk towards 1
 where few rows have the week). The network then learns how a series and a year differ from the department's usual
-pattern, not the pattern itself, and every training row, holiday season included, is scaled the same way. A later week (``--horizon``) is scaled by its own week's profile:
-the calendar of a week ahead is known at the origin.
+pattern, not the pattern itself, and every training row, holiday season included, is scaled the same way. A later
+week (``--horizon``) is scaled by its own week's profile: the calendar of a week ahead is known at the origin.
 
 Everything fitted (means, spreads, category codes, fallback scales) comes from training rows only and is saved
 as JSON beside the model; inference applies it unchanged.

@@ -210,8 +210,7 @@ def generate(size: str = "full", seed: int = 7, stores: int | None = None) -> Ra
         raise ValueError(f"stores must be between 1 and {MAX_STORES:,}")
     blocks = []
     for block in range(-(-stores // N_STORES)):
-        raw = _generate(size, seed if block == 0 else block_seed(seed, block),
-                        keep_stores=min(N_STORES, stores - block * N_STORES))
+        raw = _generate(size, seed_of_block(seed, block), keep_stores=min(N_STORES, stores - block * N_STORES))
         blocks.append([frame.assign(store=frame["store"] + block * N_STORES)
                        for frame in (raw.sales, raw.external, raw.stores)])
     sales, external, store_table = (pd.concat(parts, ignore_index=True) for parts in zip(*blocks))
@@ -221,6 +220,11 @@ def generate(size: str = "full", seed: int = 7, stores: int | None = None) -> Ra
 def block_seed(seed: int, block: int) -> int:
     """The seed of block ``block``: a draw of its own, unrelated to any other (seed, block)."""
     return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
+def seed_of_block(seed: int, block: int) -> int:
+    """The seed ``generate`` draws block ``block`` of N_STORES stores from: the data seed itself for the first."""
+    return seed if block == 0 else block_seed(seed, block)
 
 
 def _streams(seed: int) -> list[np.random.Generator]:
@@ -244,11 +248,11 @@ def markdown_lift(raw: RawData, seed: int, rows: pd.DataFrame) -> np.ndarray:
     at = pd.MultiIndex.from_arrays([store, pd.to_datetime(rows["date"]).to_numpy()])
     total = amounts.fillna(0.0).sum(axis=1).reindex(at).fillna(0.0).to_numpy()
     has = amounts.notna().any(axis=1).reindex(at, fill_value=False).to_numpy(dtype=bool)
-    block = (store - 1) // N_STORES  # generate() draws each block of N_STORES stores from a seed of its own
+    block = (store - 1) // N_STORES
     lift = np.ones(len(rows))
     for b in np.unique(block):
         mine = block == b
-        dept = _dept_params(_streams(seed if b == 0 else block_seed(seed, int(b)))[1])
+        dept = _dept_params(_streams(seed_of_block(seed, int(b)))[1])
         response = pd.Series(dept["markdown"], index=DEPTS).reindex(rows["dept"].to_numpy()[mine]).fillna(0.0)
         lift[mine] = promotion(response.to_numpy(), total[mine], has[mine])
     return lift
