@@ -76,10 +76,11 @@ def test_training_ran_two_ranks_that_agreed(demo):
     # Each epoch is logged once, by rank 0, with the throughput of both processes; rank 1 logs no epoch.
     epochs = {rank: [line for line in result.stderr.splitlines()
                      if f"[rank {rank}]" in line and "salesfc.train: epoch " in line] for rank in (0, 1)}
-    assert len(epochs[0]) == training["epochs_run"] and epochs[1] == []
+    # With --refit on, the refit's epochs follow the early-stopped run's.
+    history = training["history"] + training.get("refit", {}).get("history", [])
+    assert len(epochs[0]) == len(history) and epochs[1] == []
     assert all("samples/s on 2 processes)" in line for line in epochs[0])
-    assert [f"epoch {h['epoch']}/" in line for h, line in zip(training["history"], epochs[0])] == \
-        [True] * training["epochs_run"]
+    assert [f"epoch {h['epoch']}/" in line for h, line in zip(history, epochs[0])] == [True] * len(history)
 
 
 def test_metrics_have_the_promised_shape_and_the_model_beats_naive_forecasts(demo):
@@ -274,6 +275,32 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(tmp_path, run_salesf
     assert f"resuming crashy from epoch {saved + 2}" in resumed.stderr
     training = json.loads((tmp_path / "models" / "crashy" / "training.json").read_text())
     assert [h["epoch"] for h in training["history"]] == list(range(1, 151))
+
+
+@pytest.mark.slow
+def test_a_refit_on_two_processes_trains_again_on_the_validation_weeks(tmp_path, run_salesfc):
+    """`train --refit on` under DDP: the early-stopped run in selection/ chooses the epoch and the band; the run's
+    model is trained again on the training and validation weeks for that epoch count and keeps that band; `infer`
+    scores it against a tree peer refitted the same way."""
+    import torch
+
+    run_salesfc("prep", "--size", "tiny", "--workdir", str(tmp_path))
+    result = run_salesfc("train", "--workdir", str(tmp_path), "--run-id", "again", "--nproc-per-node", "2",
+                         "--epochs", "4", "--refit", "on", "--quantiles", "0.1,0.9")
+    run = tmp_path / "models" / "again"
+    training, chosen = (json.loads((d / "training.json").read_text()) for d in (run, run / "selection"))
+    assert training["world_size"] == chosen["world_size"] == 2
+    assert training["refit"]["epochs"] == training["best_epoch"] == chosen["best_epoch"]
+    assert training["refit"]["rows"]["train"] == chosen["rows"]["train"] + chosen["rows"]["val"]
+    assert training["band"] == chosen["band"]
+    widen = torch.load(run / "model.pt", weights_only=True)["MODEL_CONFIG"]["band_widen"]
+    assert widen == chosen["band"]["widen"]
+    assert "refitted on the training and validation weeks" in result.stdout
+    run_salesfc("infer", "--workdir", str(tmp_path))
+    metrics = json.loads((tmp_path / "reports" / "again" / "metrics.json").read_text())
+    assert metrics["model"]["n_rows"] == metrics["baselines"]["gradient_boosted_trees"]["n_rows"] > 0
+    peers = [json.loads(p.read_text()) for p in (tmp_path / "baselines").glob("*.json")]
+    assert len(peers) == 1 and peers[0]["refit"]
 
 
 def test_backtest_on_kaggle_shaped_files(tmp_path, run_salesfc):

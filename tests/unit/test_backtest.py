@@ -49,9 +49,9 @@ def test_too_little_data_for_the_folds_is_refused_naming_the_flags(frame):
         backtest.make_folds(frame[TIMESTAMP], folds=12, fold_weeks=13, val_weeks=13)
 
 
-def _fit_fold(frame, fold, tmp_path, name):
+def _fit_fold(frame, fold, tmp_path, name, refit="off"):
     config = settings.Config.defaults("backtest", workdir=str(tmp_path / name), epochs=2, device="cpu",
-                                      seed=0).for_command("train")
+                                      seed=0, refit=refit).for_command("train")
     out = tmp_path / name / "backtests" / "b"
     torch.use_deterministic_algorithms(True)
     table = backtest.run_fold(config, distributed.setup("cpu"), fold, frame, "data", True, out)
@@ -73,20 +73,26 @@ def _perturb(frame, since) -> pd.DataFrame:
     return changed
 
 
-def test_a_folds_weeks_never_reach_training_or_selection(frame, tmp_path):
+@pytest.mark.parametrize("refit", ["off", "on"])
+def test_a_folds_weeks_never_reach_training_or_selection(frame, tmp_path, refit):
     """Change every number from the fold's first week on: the fitted network, its preprocessing, its chosen epoch
-    and the tree peer's search come out identical. Changing the weeks before it (the last training weeks and the
-    validation weeks) changes them: the test can fail."""
+    and the tree peer's search come out identical, refitted on the validation weeks or not. Changing the weeks
+    before it (the last training weeks and the validation weeks) changes them: the test can fail."""
     fold = backtest.make_folds(frame[TIMESTAMP], folds=2, fold_weeks=13, val_weeks=13)[0]
-    table, params, state, peer = _fit_fold(frame, fold, tmp_path, "base")
-    _, params_after, state_after, peer_after = _fit_fold(_perturb(frame, fold.cutoff), fold, tmp_path, "later")
-    assert params == params_after
+    table, params, state, peer = _fit_fold(frame, fold, tmp_path, "base", refit)
+    _, params_after, state_after, peer_after = _fit_fold(_perturb(frame, fold.cutoff), fold, tmp_path, "later", refit)
+    assert params == params_after and params["refit"] == (refit == "on")
     assert all(torch.equal(state[k], state_after[k]) for k in state)
+    if refit == "on":  # the model is the refit, as many epochs as the early-stopped run chose, on its weeks and more
+        run = tmp_path / "base" / "backtests" / "b" / fold.name
+        trained, chosen = (json.loads((d / "training.json").read_text()) for d in (run, run / "selection"))
+        assert trained["refit"]["epochs"] == trained["best_epoch"] == chosen["best_epoch"]
+        assert trained["refit"]["rows"]["train"] == chosen["rows"]["train"] + chosen["rows"]["val"]
     assert peer == peer_after and len(peer) == 1
     assert set(table["week"]) == set(frame.loc[(frame[TIMESTAMP] >= fold.cutoff)
                                                & (frame[TIMESTAMP] <= fold.last_week), TIMESTAMP])
     earlier = fold.val_start - pd.Timedelta(weeks=4)
-    _, params_before, state_before, peer_before = _fit_fold(_perturb(frame, earlier), fold, tmp_path, "before")
+    _, params_before, state_before, peer_before = _fit_fold(_perturb(frame, earlier), fold, tmp_path, "before", refit)
     assert params != params_before and peer != peer_before
     assert not all(torch.equal(state[k], state_before[k]) for k in state)
 

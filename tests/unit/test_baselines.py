@@ -83,8 +83,8 @@ class FakePreprocessor:
 def test_tree_peer_is_fitted_once_per_key_and_refitted_for_other_rows(tmp_path, monkeypatch):
     fits = []
 
-    def fake_fit(preprocessor, train, val, rows, seed):
-        fits.append(len(rows))
+    def fake_fit(preprocessor, train, val, rows, seed, refit=False):
+        fits.append(len(rows) + 100 * refit)
         return {"forecast": np.arange(len(rows), dtype=float), "chosen": {}, "iterations": 1, "val_wmae": 1.0,
                 "trials": [], "fit_seconds": 0.0}
 
@@ -99,7 +99,10 @@ def test_tree_peer_is_fitted_once_per_key_and_refitted_for_other_rows(tmp_path, 
     # Other rows under the same key (a changed store), other data: a new fit, never a stale forecast.
     baselines.tree_peer(FakePreprocessor(), None, None, rows.iloc[:2], **args)
     baselines.tree_peer(FakePreprocessor(), None, None, rows, **{**args, "data": "other"})
-    assert fits == [3, 2, 3]
+    # The peer of a refitted network is refitted too: its own key.
+    baselines.tree_peer(FakePreprocessor(), None, None, rows, refit=True, **args)
+    assert baselines.tree_peer(FakePreprocessor(), None, None, rows, refit=True, **args)["cached"]
+    assert fits == [3, 2, 3, 103]
 
 
 def test_the_peer_takes_a_category_as_a_number_past_the_trees_limit():

@@ -83,3 +83,60 @@ def test_next_week_takes_its_share_of_a_multi_horizon_loss(monkeypatch, tmp_path
     target[:, 0], target[:, 1:] = 0.0, 1.0  # the later weeks' errors alone
     later = trainer.loss(prediction, target, torch.ones(8, 5))
     assert float(alone) == pytest.approx(float(later)) and float(alone) > 0  # half the loss each
+
+
+class Lost(Exception):
+    pass
+
+
+def test_a_refit_trains_the_chosen_epochs_on_every_week_and_resumes_where_it_stopped(monkeypatch, tmp_path):
+    """--refit on: the early-stopped run goes to selection/ and chooses the epoch; the run's model is trained again
+    on the training and validation weeks for that many epochs, its preprocessing fitted on them too. Killed in the
+    refit and started again, it ends with the weights of a refit run straight through (dropout off)."""
+    from test_distributed import prepared_frame
+
+    from salesfc.workspace import read_json
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    torch.use_deterministic_algorithms(True)
+    frame, split = prepared_frame()
+    known = frame[split.part(frame["event_timestamp"]) < 2]
+    config = settings.Config.defaults("train", epochs=4, patience=4, device="cpu", seed=3, hidden=(32, 16), members=1,
+                                      dropout=0.0, batch_size=256, refit="on")
+    context = distributed.setup("cpu")
+
+    def fit(name):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        return run_dir, train.fit_model(config, context, run_dir, known, split, {}, "data")
+
+    straight_dir, straight = fit("straight")
+    chosen = read_json(straight_dir / "selection" / "training.json")
+    assert straight["refit"]["epochs"] == straight["best_epoch"] == chosen["best_epoch"] >= 2
+    assert [h["epoch"] for h in straight["refit"]["history"]] == list(range(1, chosen["best_epoch"] + 1))
+    refit_rows, rows = straight["refit"]["rows"], chosen["rows"]
+    assert refit_rows["train"] == rows["train"] + rows["val"] > rows["train"] and refit_rows["val"] == 0
+    assert straight["history"] == chosen["history"]  # the validation curve is the selection's
+    refit_params, chosen_params = (read_json(d / "preprocess.json") for d in (straight_dir, straight_dir / "selection"))
+    assert refit_params["refit"] and not chosen_params["refit"]
+    assert refit_params["split"] == chosen_params["split"] == split.to_json()
+    assert refit_params["scale"] != chosen_params["scale"]  # fitted on the validation weeks too
+
+    original = train.Trainer.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        if self.refit_epochs is not None and epoch == 1:
+            raise Lost("the pod was lost in the refit's second epoch")
+        return original(self, epoch, bar)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", train_epoch)
+    with pytest.raises(Lost):
+        fit("resumed")
+    assert (tmp_path / "resumed" / "selection" / "training.json").exists()
+    assert not (tmp_path / "resumed" / "training.json").exists()
+    monkeypatch.setattr(train.Trainer, "train_epoch", original)
+    train.fit_model(config, context, tmp_path / "resumed", known, split, {}, "data")
+    for name, tensor in torch.load(straight_dir / "model.pt", weights_only=True)["MODEL_STATE"].items():
+        resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["MODEL_STATE"][name]
+        torch.testing.assert_close(resumed, tensor, rtol=0, atol=1e-6, msg=name)

@@ -443,6 +443,8 @@ env:
     value: {{ $t.seed | int64 | quote }}
   - name: SALESFC_VAL_WEEKS
     value: {{ $t.valWeeks | int64 | quote }}
+  - name: SALESFC_REFIT
+    value: {{ $t.refit | quote }}
   - name: SALESFC_TEST_WEEKS
     value: {{ $t.testWeeks | int64 | quote }}
   - name: SALESFC_DEVICE

@@ -96,20 +96,20 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
                 or read_json(run_dir / "preprocess.json")["data"] != data):
             raise UserError(f"{out} holds folds trained with other settings or data; use a new --run-id")
     else:
-        arrays, preprocessor, counts = train.training_arrays(known, split, horizon=config.horizon)
-        train.fit_run(config, context, run_dir, (arrays, {"rows": counts}, preprocessor, split), data)
+        train.fit_model(config, context, run_dir, known, split, {}, data)
     forecaster = Forecaster(run_dir)
     model_seconds = time.perf_counter() - tick
     part = split.part(known[TIMESTAMP])
     tick = time.perf_counter()
     peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
-                               cache=config.workspace.baselines, data=data, split=split.to_json())
+                               cache=config.workspace.baselines, data=data, split=split.to_json(),
+                               refit=forecaster.refit)
     targets, bands, at = forecast_weeks(forecaster, origins, fold.cutoff, fold.last_week)
     later_at, later_step = later_weeks(targets, at)
     ahead = None
     if len(later_at):
         ahead = baselines.tree_peer_ahead(forecaster.preprocessor, known, split, origins, later_at, later_step,
-                                          cache=config.workspace.baselines, data=data)
+                                          cache=config.workspace.baselines, data=data, refit=forecaster.refit)
     _, table = score(targets, bands, known[part == 0], peer_at(peer, origins, rows.index, at, targets, ahead),
                      has_signal, baselines.year_before(frame, targets))
     log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",

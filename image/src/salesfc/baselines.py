@@ -132,13 +132,13 @@ def peer_categorical(preprocessor: Preprocessor, n_numeric: int) -> list[int]:
     return [n_numeric + i for i, size in enumerate(preprocessor.cardinalities) if size <= PEER_MAX_CATEGORIES]
 
 
-def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int) -> str:
+def _peer_key(preprocessor: Preprocessor, data: str, split: dict, seed: int, refit: bool = False) -> str:
     # The installed version from its metadata: importing scikit-learn costs seconds, and a cached peer needs none of it.
     sklearn_version = importlib.metadata.version("scikit-learn")
 
     blob = json.dumps({"data": data, "split": split, "preprocess": preprocessor.params, "grid": PEER_GRID,
                        "max_iter": PEER_MAX_ITER, "patience": PEER_PATIENCE, "seed": seed, "max_rows": PEER_MAX_ROWS,
-                       "sklearn": sklearn_version}, sort_keys=True, default=str)
+                       "sklearn": sklearn_version, **({"refit": True} if refit else {})}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -148,14 +148,14 @@ def _row_ids(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def cached_peer(preprocessor: Preprocessor, rows: pd.DataFrame, *, cache: Path | None, data: str, split: dict,
-                seed: int = 0) -> dict | None:
+                seed: int = 0, refit: bool = False) -> dict | None:
     """The tree peer's stored forecasts for exactly ``rows`` (same key, same rows in the same order), else None.
 
     Asked before the training rows are read: with a cached peer, `infer` needs the features of the forecast weeks
     only, a fifth of the data."""
     if cache is None:
         return None
-    key = _peer_key(preprocessor, data, split, seed)
+    key = _peer_key(preprocessor, data, split, seed, refit)
     if not ((cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists()):
         return None
     stored = pd.read_parquet(cache / f"{key}.parquet")
@@ -168,16 +168,18 @@ def cached_peer(preprocessor: Preprocessor, rows: pd.DataFrame, *, cache: Path |
 
 
 def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame, *,
-              cache: Path | None, data: str, split: dict, seed: int = 0) -> dict:
-    """The tuned tree peer's forecasts (dollars) for ``rows``, fitted on ``train``/``val`` or read from ``cache``.
+              cache: Path | None, data: str, split: dict, seed: int = 0, refit: bool = False) -> dict:
+    """The tuned tree peer's forecasts (dollars) for ``rows``, fitted on ``train``/``val`` or read from ``cache``;
+    with ``refit`` (the network's --refit), the chosen setting is fitted again on ``train`` and ``val`` together for
+    the iterations early stopping chose.
 
     The cache key covers the data fingerprint, the split, the fitted preprocessing, the search and scikit-learn's
     version: new data, new weeks or new features mean a new fit, never a stale forecast.
     """
-    cached = cached_peer(preprocessor, rows, cache=cache, data=data, split=split, seed=seed)
+    cached = cached_peer(preprocessor, rows, cache=cache, data=data, split=split, seed=seed, refit=refit)
     if cached is not None:
         return cached
-    key = _peer_key(preprocessor, data, split, seed)
+    key = _peer_key(preprocessor, data, split, seed, refit)
     from threadpoolctl import threadpool_limits
 
     from salesfc import cpus
@@ -185,7 +187,7 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
     # scikit-learn's OpenMP pool would take one thread per host core; in a pod limited to fewer CPUs those threads
     # are throttled and wait for each other. Take the container's budget, as training does.
     with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
-        result = _fit_tree_peer(preprocessor, train, val, rows, seed)
+        result = _fit_tree_peer(preprocessor, train, val, rows, seed, refit)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache / f"{key}.parquet") as tmp:
@@ -195,14 +197,14 @@ def tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame
 
 
 def _fit_tree_peer(preprocessor: Preprocessor, train: pd.DataFrame, val: pd.DataFrame, rows: pd.DataFrame,
-                   seed: int) -> dict:
+                   seed: int, refit: bool = False) -> dict:
     started = time.perf_counter()
     x_train, b_train = _peer_matrix(preprocessor, train)
     x_val, b_val = _peer_matrix(preprocessor, val)
     categorical = peer_categorical(preprocessor, b_train.numeric.shape[1])
     result = _search(Examples(x_train, b_train.target, b_train.weight, b_train.scale, train["is_holiday"].to_numpy()),
                      Examples(x_val, b_val.target, b_val.weight, b_val.scale, val["is_holiday"].to_numpy()),
-                     categorical, seed)
+                     categorical, seed, refit)
     x_rows, b_rows = _peer_matrix(preprocessor, rows)
     forecast = result.pop("model").predict(x_rows) * b_rows.scale
     return {"forecast": forecast, **result, "fit_seconds": round(time.perf_counter() - started, 1)}
@@ -219,8 +221,9 @@ class Examples:
     holiday: np.ndarray
 
 
-def _search(train: Examples, val: Examples, categorical: list[int], seed: int) -> dict:
-    """PEER_GRID fitted on ``train``, each early-stopped on ``val``; the one with the lowest validation WMAE."""
+def _search(train: Examples, val: Examples, categorical: list[int], seed: int, refit: bool = False) -> dict:
+    """PEER_GRID fitted on ``train``, each early-stopped on ``val``; the one with the lowest validation WMAE (with
+    ``refit``, fitted again on both for as many iterations)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from salesfc import metrics
@@ -245,8 +248,19 @@ def _search(train: Examples, val: Examples, categorical: list[int], seed: int) -
             bar.update()
             if best is None or wmae < best[0]:
                 best = (wmae, model, params)
-    return {"model": best[1], "chosen": best[2], "iterations": int(best[1].n_iter_), "val_wmae": best[0],
-            "trials": trials}
+    wmae, model, params = best
+    iterations = int(model.n_iter_)
+    if refit:
+        tick = time.perf_counter()
+        model = HistGradientBoostingRegressor(
+            loss="absolute_error", max_iter=iterations, categorical_features=categorical, early_stopping=False,
+            random_state=seed, **params)
+        model.fit(np.vstack([train.x, val.x]), np.concatenate([train.target, val.target]),
+                  sample_weight=np.concatenate([train.weight, val.weight]))
+        log.info("tree peer: %s refitted on the training and validation weeks, %d iterations (%.0f s)", params,
+                 iterations, time.perf_counter() - tick)
+    return {"model": model, "chosen": params, "iterations": iterations, "val_wmae": wmae, "trials": trials,
+            **({"refit": True} if refit else {})}
 
 
 # -- the peer beyond one week ------------------------------------------------------------------------------------
@@ -279,18 +293,18 @@ def _ahead_examples(preprocessor: Preprocessor, frame: pd.DataFrame, ahead, keep
 
 
 def _ahead_key(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.ndarray, step: np.ndarray, data: str, split,
-               seed: int) -> tuple[str, pd.DataFrame]:
-    key = f"{_peer_key(preprocessor, data, split.to_json(), seed)}-ahead{int(step.max(initial=0)) + 1}"
+               seed: int, refit: bool = False) -> tuple[str, pd.DataFrame]:
+    key = f"{_peer_key(preprocessor, data, split.to_json(), seed, refit)}-ahead{int(step.max(initial=0)) + 1}"
     return key, pd.DataFrame({"store_dept": origins["store_dept"].to_numpy(dtype=np.int64)[at],
                               TIMESTAMP: origins[TIMESTAMP].to_numpy()[at], "step": step})
 
 
 def cached_peer_ahead(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.ndarray, step: np.ndarray, *,
-                      cache: Path | None, data: str, split, seed: int = 0) -> dict | None:
+                      cache: Path | None, data: str, split, seed: int = 0, refit: bool = False) -> dict | None:
     """tree_peer_ahead's stored forecasts for exactly these (origin, step) pairs, else None."""
     if cache is None:
         return None
-    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed)
+    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed, refit)
     if not ((cache / f"{key}.json").exists() and (cache / f"{key}.parquet").exists()):
         return None
     stored = pd.read_parquet(cache / f"{key}.parquet")
@@ -300,7 +314,7 @@ def cached_peer_ahead(preprocessor: Preprocessor, origins: pd.DataFrame, at: np.
 
 
 def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, origins: pd.DataFrame, at: np.ndarray,
-                    step: np.ndarray, *, cache: Path | None, data: str, seed: int = 0) -> dict:
+                    step: np.ndarray, *, cache: Path | None, data: str, seed: int = 0, refit: bool = False) -> dict:
     """The tree peer 2 or more weeks ahead: one HistGradientBoostingRegressor for every later horizon, with the
     horizon and the target week's calendar as features beside the origin's (the one-week peer's) inputs, searched
     and early-stopped like it. Its examples are drawn from ``known`` (the weeks before the held-out ones): an origin's
@@ -309,11 +323,12 @@ def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, orig
     like the one-week peer's."""
     from salesfc.dataset import Ahead
 
-    cached = cached_peer_ahead(preprocessor, origins, at, step, cache=cache, data=data, split=split, seed=seed)
+    cached = cached_peer_ahead(preprocessor, origins, at, step, cache=cache, data=data, split=split, seed=seed,
+                               refit=refit)
     if cached is not None:
         return cached
     horizon = int(step.max(initial=0)) + 1
-    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed)
+    key, ids = _ahead_key(preprocessor, origins, at, step, data, split, seed, refit)
     from threadpoolctl import threadpool_limits
 
     from salesfc import cpus
@@ -328,7 +343,7 @@ def tree_peer_ahead(preprocessor: Preprocessor, known: pd.DataFrame, split, orig
     n_inputs = preprocessor.n_numeric
     categorical = peer_categorical(preprocessor, n_inputs) + [n_inputs + len(preprocessor.cardinalities) + 1]
     with threadpool_limits(cpus.threads_per_process(), user_api="openmp"):
-        result = _search(train, val, categorical, seed)
+        result = _search(train, val, categorical, seed, refit)
         chosen = origins.iloc[at]
         x = _ahead_matrix(preprocessor, chosen, step)
         forecast = result.pop("model").predict(x) * preprocessor.scale(chosen, epoch_days(chosen[TIMESTAMP]), step)

@@ -408,6 +408,10 @@ class Split:
         return cls(pd.Timestamp(unique[-(val_weeks + test_weeks)]), pd.Timestamp(unique[-test_weeks]),
                    pd.Timestamp(unique[-1]))
 
+    def without_validation(self) -> "Split":
+        """The same held-out weeks, every week before them training (a refit's split)."""
+        return Split(self.test_start, self.test_start, self.last_week)
+
     def part(self, weeks: pd.Series) -> np.ndarray:
         """0 = train, 1 = validation, 2 = test, per row."""
         return np.select([weeks < self.val_start, weeks < self.test_start], [0, 1], 2)

@@ -64,6 +64,8 @@ class Forecaster:
         self.params = read_json(run_dir / "preprocess.json")
         self.preprocessor = Preprocessor(self.params)
         self.split = Split.from_json(self.params["split"])
+        # Trained again on the validation weeks (--refit on): the tree peer is too, to stay the network's peer.
+        self.refit = bool(self.params.get("refit", False))
 
     @property
     def quantiles(self) -> tuple[float, ...]:
@@ -194,11 +196,12 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
     rows, bands, at = forecast_weeks(forecaster, origins, split.test_start, split.last_week)
-    peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"]}
+    peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"],
+                 "refit": forecaster.refit}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
     # features of the training weeks are read only for the one run that fits the peer.
     later_at, later_step = later_weeks(rows, at)
-    ahead_args = {"cache": workspace.baselines, "data": forecaster.params["data"]}
+    ahead_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "refit": forecaster.refit}
     peer = baselines.cached_peer(forecaster.preprocessor, test, **peer_args)
     ahead = (baselines.cached_peer_ahead(forecaster.preprocessor, origins, later_at, later_step, split=split,
                                          **ahead_args) if len(later_at) else None)

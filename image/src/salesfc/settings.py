@@ -271,6 +271,10 @@ SETTINGS: tuple[Setting, ...] = (
             positive_int, commands=TRAIN + INFER),
     Setting("val_weeks", "Weeks before the held-out test weeks used for early stopping.", 13, positive_int,
             commands=TRAIN),
+    Setting("refit", "After early stopping has chosen the epoch on the validation weeks, train the model again from "
+            "scratch on the training and validation weeks for that many epochs (on), or keep the early-stopped model "
+            "(off). The validation weeks are the latest before the forecast ones; the tree peer follows the model's "
+            "choice. On costs a second training.", "off", choices=("on", "off"), commands=TRAIN),
     Setting("test_weeks", "Final weeks held out from training and model selection; infer evaluates on them.",
             26, positive_int, commands=("train", "demo", "submit")),
     Setting("folds", "backtest: number of folds (rolling origins), consecutive and ending with the last week.", 4,

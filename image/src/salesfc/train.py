@@ -107,13 +107,18 @@ def calibrate_band(path, arrays: dict, context: distributed.Context | None = Non
     result = {"nominal": round(nominal, 6), "widen": widen, "validation_rows": total,
               "validation_coverage_before": float(before / total), "validation_coverage_after": float(after / total)}
     if context.is_main:
-        config = {**checkpoint["MODEL_CONFIG"], "band_widen": widen}
-        model_lib.save(path, {**checkpoint, "MODEL_CONFIG": config})
+        set_band(path, widen, checkpoint)
         log.info("quantile band: %.1f%% of the validation actuals inside before, %.1f%% after widening by %s x "
                  "scale (nominal %.0f%%)", 100 * result["validation_coverage_before"],
                  100 * result["validation_coverage_after"], ", ".join(f"{w:.4f}" for w in widen), 100 * nominal)
     context.barrier()
     return result
+
+
+def set_band(path, widen: list[float], checkpoint: dict | None = None) -> None:
+    """Save the model at ``path`` with its quantile band widened by ``widen`` (per horizon, x the row's scale)."""
+    checkpoint = checkpoint if checkpoint is not None else model_lib.load(path)[1]
+    model_lib.save(path, {**checkpoint, "MODEL_CONFIG": {**checkpoint["MODEL_CONFIG"], "band_widen": widen}})
 
 
 def new_run_id() -> str:
@@ -152,8 +157,13 @@ def make_optimizer(network: torch.nn.Module, lr: float, weight_decay: float) -> 
 
 
 class Trainer:
-    def __init__(self, config, context: distributed.Context, run_dir, arrays: dict, meta: dict):
+    def __init__(self, config, context: distributed.Context, run_dir, arrays: dict, meta: dict,
+                 epochs: int | None = None):
+        """``epochs``: a refit's, which trains exactly that many epochs of the ``config.epochs`` schedule on arrays
+        without validation weeks and keeps the last; None: early stopping on the validation weeks."""
         self.config, self.context, self.run_dir, self.meta = config, context, run_dir, meta
+        self.refit_epochs = epochs
+        self.last_epoch = config.epochs if epochs is None else min(epochs, config.epochs)
         self.device = context.device
         torch.manual_seed(config.seed)
         self.model_config = meta["model_config"]
@@ -331,7 +341,8 @@ class Trainer:
         self.resume()
         # Rank 0 alone reports: a bar on a terminal; in a log the epoch lines below are the progress (an epoch takes
         # seconds), so no extra lines between them.
-        with progress.stage(f"training {self.run_dir.name}", total=self.steps_per_epoch * self.config.epochs,
+        name = self.run_dir.name if self.refit_epochs is None else f"{self.run_dir.name} (refit)"
+        with progress.stage(f"training {name}", total=self.steps_per_epoch * self.last_epoch,
                             initial=self.epoch * self.steps_per_epoch, enabled=self.context.is_main,
                             log_every=math.inf) as bar:
             return self._fit(bar)
@@ -339,8 +350,9 @@ class Trainer:
     def _fit(self, bar: progress.Progress) -> dict:
         started = time.perf_counter()
         samples = 0
-        status = trainer_status.Reporter(self.context.is_main, self.config.epochs, first_epoch=self.epoch)
-        for epoch in range(self.epoch, self.config.epochs):
+        status = trainer_status.Reporter(self.context.is_main, self.last_epoch, first_epoch=self.epoch)
+        refit = self.refit_epochs is not None
+        for epoch in range(self.epoch, self.last_epoch):
             tick = time.perf_counter()
             train_loss = self.train_epoch(epoch, bar)
             # The slowest rank's time: every rank waits for it at each step's all-reduce, so the throughput of all
@@ -348,27 +360,35 @@ class Trainer:
             seconds = self.context.all_reduce_max(time.perf_counter() - tick)
             epoch_samples = self.steps_per_epoch * self.per_rank_batch * self.context.world_size
             samples += epoch_samples
-            val = self.validate()
-            improved = val["loss"] < self.best_loss
-            if improved:
-                self.best_loss, self.best_epoch = val["loss"], epoch
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                      "val_rmse": val["rmse"], "val_wmae": val["wmae"], "val_mape": val["mape"],
-                      "seconds": round(seconds, 3), "lr": self.last_lr}
+            record = {"epoch": epoch + 1, "train_loss": train_loss}
+            if refit:  # no validation weeks: the epoch was chosen before, the last one is the model
+                improved = epoch == self.last_epoch - 1
+                if improved:
+                    self.best_epoch = epoch
+            else:
+                val = self.validate()
+                improved = val["loss"] < self.best_loss
+                if improved:
+                    self.best_loss, self.best_epoch = val["loss"], epoch
+                record.update({"val_loss": val["loss"], "val_rmse": val["rmse"], "val_wmae": val["wmae"],
+                               "val_mape": val["mape"]})
+            record.update({"seconds": round(seconds, 3), "lr": self.last_lr})
             self.history.append(record)
             if self.context.is_main:
                 # Once, from rank 0: losses and metrics are all-reduced, so every rank would log the same line.
-                message = (f"epoch {epoch + 1}/{self.config.epochs} train_loss {train_loss:.4f} val_loss "
-                           f"{val['loss']:.4f} val_rmse ${val['rmse']:,.0f} val_wmae ${val['wmae']:,.0f} val_mape "
-                           f"{val['mape']:.2f}% lr {record['lr']:.2e} {seconds:.1f}s "
-                           f"({epoch_samples / seconds:,.0f} samples/s on {self.context.world_size} "
-                           f"process{'es' if self.context.world_size > 1 else ''}){' *' if improved else ''}")
+                scores = ("(refit on the training and validation weeks)" if refit else
+                          f"val_loss {record['val_loss']:.4f} val_rmse ${record['val_rmse']:,.0f} val_wmae "
+                          f"${record['val_wmae']:,.0f} val_mape {record['val_mape']:.2f}%")
+                message = (f"epoch {epoch + 1}/{self.last_epoch} train_loss {train_loss:.4f} {scores} lr "
+                           f"{record['lr']:.2e} {seconds:.1f}s ({epoch_samples / seconds:,.0f} samples/s on "
+                           f"{self.context.world_size} process{'es' if self.context.world_size > 1 else ''})"
+                           f"{' *' if improved and not refit else ''}")
                 log.info(message)  # above the bar on a terminal (progress redirects console logging)
                 if improved:
                     model_lib.save(self.run_dir / "model.pt", self.state(epoch))
                 model_lib.save(self.run_dir / "checkpoint.pt", self.state(epoch))
                 status.epoch_done(record, self.best_epoch + 1)
-            stop = epoch - self.best_epoch >= self.config.patience
+            stop = not refit and epoch - self.best_epoch >= self.config.patience
             if self.context.agree(stop):
                 if self.context.is_main:
                     log.info("early stopping: no better validation loss for %d epochs", self.config.patience)
@@ -380,10 +400,10 @@ class Trainer:
                 "train_seconds": round(elapsed, 2), "samples_per_second": round(samples / elapsed) if elapsed else None}
 
 
-def load_training_arrays(config, manifest: dict, context: distributed.Context | None = None
-                         ) -> tuple[dict, dict, Preprocessor, Split]:
-    """This rank's shard of the training set (its own series) through Feast, split by date, preprocessed with
-    statistics reduced over every rank. Returns numpy arrays and metadata, the same metadata on every rank."""
+def load_training_frame(config, manifest: dict, context: distributed.Context | None = None
+                        ) -> tuple[pd.DataFrame, Split, dict]:
+    """This rank's shard of the weeks before the held-out ones (its own series) through Feast, the split and what
+    the read took. The held-out weeks are never read."""
     from salesfc import feature_store
 
     context = context or distributed.alone()
@@ -403,16 +423,27 @@ def load_training_arrays(config, manifest: dict, context: distributed.Context | 
     current = read_json(config.workspace.manifest) if config.workspace.manifest.exists() else None
     if not context.agree(current is not None and current["fingerprint"] == manifest["fingerprint"]):
         raise UserError("the prepared data changed while it was being read (prep ran again); run train again")
-    arrays, preprocessor, rows = training_arrays(frame, split, context, config.horizon)
-    del frame
-    rows["test"] = feature_store.rows_in_weeks(counts, since=split.test_start)
+    test_rows = feature_store.rows_in_weeks(counts, since=split.test_start)
+    read_rows = int(context.sum_array([len(frame)])[0])
     if context.is_main:
         log.info("read %d training and validation rows through Feast (%s offline store) in %.1f s, %s; the %d "
-                 "held-out rows are not read", rows["train"] + rows["val"], store.location.engine, retrieval_seconds,
+                 "held-out rows are not read", read_rows, store.location.engine, retrieval_seconds,
                  f"{context.world_size} processes each their own series" if context.distributed else "one process",
-                 rows["test"])
-    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.engine, "rows": rows}
-    return arrays, info, preprocessor, split
+                 test_rows)
+    info = {"retrieval_seconds": round(retrieval_seconds, 2), "offline_store": store.location.engine,
+            "rows": {"test": test_rows}}
+    return frame, split, info
+
+
+def load_training_arrays(config, manifest: dict, context: distributed.Context | None = None
+                         ) -> tuple[dict, dict, Preprocessor, Split]:
+    """This rank's shard of the training set (load_training_frame) as the network's arrays (training_arrays),
+    preprocessed with statistics reduced over every rank. Returns numpy arrays and metadata, the same metadata on
+    every rank."""
+    context = context or distributed.alone()
+    frame, split, info = load_training_frame(config, manifest, context)
+    arrays, preprocessor, rows = training_arrays(frame, split, context, config.horizon)
+    return arrays, {**info, "rows": {**rows, **info["rows"]}}, preprocessor, split
 
 
 def training_arrays(frame, split: Split, context: distributed.Context | None = None, horizon: int = 1
@@ -472,13 +503,15 @@ def _train(config, context: distributed.Context, manifest: dict) -> int:
         return 0
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = load_training_arrays(config, manifest, context)
-    summary = fit_run(config, context, run_dir, prepared, manifest["fingerprint"])
+    # No name here holds the frame: fit_model lets it go once it has the arrays, unless a refit needs it again.
+    summary = fit_model(config, context, run_dir, *load_training_frame(config, manifest, context),
+                        manifest["fingerprint"])
     if context.is_main:
         write_text(workspace.models / "LATEST", run_id + "\n")
         best = summary["history"][summary["best_epoch"] - 1]
         print(f"train: run {run_id} finished: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-              f"validation WMAE ${best['val_wmae']:,.0f}, MAPE {best['val_mape']:.2f}%; "
+              f"validation WMAE ${best['val_wmae']:,.0f}, MAPE {best['val_mape']:.2f}%"
+              f"{'; refitted on the training and validation weeks' if 'refit' in summary else ''}; "
               f"{summary['samples_per_second']:,} samples/s on {context.world_size} x {context.device}")
         print(f"train: model {run_dir / 'model.pt'}")
     context.barrier()
@@ -493,11 +526,13 @@ def run_settings(config) -> dict:
                           "data_id", "rows_per_read"}}
 
 
-def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) -> dict | None:
+def fit_run(config, context: distributed.Context, run_dir, prepared, data: str, selection: dict | None = None
+            ) -> dict | None:
     """Train one run into ``run_dir`` (model.pt, checkpoint.pt, preprocess.json, training.json) from each rank's
     ``prepared`` = (arrays, info, preprocessor, split): the rank's own rows, the preprocessing and metadata every
     rank shares. Returns the summary on rank 0. Shared by `train` (the deployed model) and `backtest` (one run per
-    fold)."""
+    fold). With ``selection``, the summary of an early-stopped run, this is its refit: as many epochs as its best,
+    on arrays without validation weeks, and its quantile band (see fit_model)."""
     started = time.perf_counter()
     arrays, info, preprocessor, split = prepared
     meta = None
@@ -506,19 +541,28 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
                                               config.embed_dim, config.hidden, config.dropout, config.members,
                                               config.quantiles, config.horizon)
         meta = {"model_config": model_config, "split": split.to_json(), "info": info,
-                "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size}}
-        write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data})
+                "run": {"data": data, "settings": run_settings(config), "world_size": context.world_size,
+                        "refit_epochs": selection["best_epoch"] if selection else None}}
+        write_json(run_dir / "preprocess.json", {**preprocessor.params, "split": split.to_json(), "data": data,
+                                                 "refit": selection is not None})
     meta = context.broadcast_json(meta)
     shared = on_device(context, arrays)
-    trainer = Trainer(config, context, run_dir, shared, meta)
+    trainer = Trainer(config, context, run_dir, shared, meta, epochs=meta["run"]["refit_epochs"])
     if context.is_main:
-        log.info("training %s: %d train rows, %d validation rows, %d processes on %s, batch %d per process, %d "
-                 "steps per epoch", run_dir.name, info["rows"]["train"], info["rows"]["val"],
-                 context.world_size, context.device, trainer.per_rank_batch, trainer.steps_per_epoch)
+        log.info("training %s%s: %d train rows, %d validation rows, %d processes on %s, batch %d per process, %d "
+                 "steps per epoch", run_dir.name, " (refit)" if selection else "", info["rows"]["train"],
+                 info["rows"]["val"], context.world_size, context.device, trainer.per_rank_batch,
+                 trainer.steps_per_epoch)
     result = trainer.fit()
     if len(meta["model_config"].get("quantiles", [0.5])) > 1:
         context.barrier()  # rank 0 has written the best epoch's model.pt, which every rank now reads
-        result["band"] = calibrate_band(run_dir / "model.pt", shared, context)
+        if selection is None:
+            result["band"] = calibrate_band(run_dir / "model.pt", shared, context)
+        else:  # the refit saw the validation weeks: the band's widening is the one measured before it did
+            result["band"] = selection["band"]
+            if context.is_main:
+                set_band(run_dir / "model.pt", selection["band"]["widen"])
+            context.barrier()
     if not context.is_main:
         return None
     summary = {"run_id": run_dir.name, "status": "finished", **result, **meta["info"], "split": meta["split"],
@@ -526,5 +570,51 @@ def fit_run(config, context: distributed.Context, run_dir, prepared, data: str) 
                "world_size": context.world_size, "device": str(context.device),
                "flops_per_sample": model_lib.flops_per_sample(meta["model_config"]),
                "history": trainer.history, "total_seconds": round(time.perf_counter() - started, 2)}
+    if selection is not None:
+        # The validation curve and the chosen epoch are the early-stopped run's; the refit's own epochs beside them.
+        summary.update({
+            "history": selection["history"], "best_val_loss": selection["best_val_loss"],
+            "epochs_run": selection["epochs_run"], "rows": selection["rows"],
+            "train_seconds": round(selection["train_seconds"] + result["train_seconds"], 2),
+            "refit": {"epochs": result["best_epoch"], "rows": info["rows"], "history": trainer.history,
+                      "train_seconds": result["train_seconds"],
+                      "samples_per_second": result["samples_per_second"]}})
     write_json(run_dir / "training.json", summary)
     return summary
+
+
+SELECTION_DIR = "selection"
+
+
+def fit_model(config, context: distributed.Context, run_dir, frame: pd.DataFrame, split: Split, info: dict,
+              data: str) -> dict | None:
+    """The run's model from this rank's ``frame`` (the weeks before the held-out ones): fit_run on the split's
+    training weeks, early-stopped on its validation weeks. With ``--refit on``, that run goes to
+    ``<run_dir>/selection/`` and only chooses: the model in ``run_dir`` is trained again from scratch on every week
+    before the held-out ones, preprocessing refitted on them too, for the epochs the early-stopped run chose, and
+    takes its quantile band. The validation weeks are the latest ones (before a backtest fold from November, the
+    first markdowns; before one from February, the whole holiday season): without a refit the model never trains
+    on them. Returns the summary on rank 0."""
+    arrays, preprocessor, rows = training_arrays(frame, split, context, config.horizon)
+    info = {**info, "rows": {**rows, **info.get("rows", {})}}
+    if config.refit == "off":
+        del frame
+        return fit_run(config, context, run_dir, (arrays, info, preprocessor, split), data)
+    chosen_dir = run_dir / SELECTION_DIR
+    done = chosen_dir / "training.json"
+    selection = None
+    if context.agree(done.exists()):  # resumed after the selection finished
+        selection = read_json(done)
+        if selection["settings"] != run_settings(config) or selection["split"] != split.to_json():
+            raise UserError(f"{chosen_dir} was trained with other settings or weeks; use a new --run-id or delete "
+                            f"{run_dir}")
+    else:
+        if context.is_main:
+            chosen_dir.mkdir(parents=True, exist_ok=True)
+        context.barrier()
+        selection = fit_run(config, context, chosen_dir, (arrays, info, preprocessor, split), data)
+    selection = context.broadcast_json(selection)
+    del arrays
+    arrays, preprocessor, counts = training_arrays(frame, split.without_validation(), context, config.horizon)
+    info = {**info, "rows": {**info["rows"], "train": counts["train"] + counts["val"], "val": 0}}
+    return fit_run(config, context, run_dir, (arrays, info, preprocessor, split), data, selection)

@@ -68,8 +68,9 @@ class Reporter:
 
     def _send(self, percent: int, seconds_left: float, record: dict, best_epoch: int) -> bool:
         metrics = {"epoch": f"{record['epoch']}/{self.epochs}", "best_epoch": best_epoch,
-                   "train_loss": f"{record['train_loss']:.5f}", "val_loss": f"{record['val_loss']:.5f}",
-                   "val_wmae": f"{record['val_wmae']:.2f}"}
+                   "train_loss": f"{record['train_loss']:.5f}"}
+        if "val_loss" in record:  # a refit (--refit on) has no validation weeks
+            metrics.update({"val_loss": f"{record['val_loss']:.5f}", "val_wmae": f"{record['val_wmae']:.2f}"})
         sent = self.update(progress_percent=int(percent), estimated_remaining_seconds=int(round(seconds_left)),
                            metrics=metrics)
         if sent:
