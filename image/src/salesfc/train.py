@@ -616,5 +616,5 @@ def fit_model(config, context: distributed.Context, run_dir, frame: pd.DataFrame
     selection = context.broadcast_json(selection)
     del arrays
     arrays, preprocessor, counts = training_arrays(frame, split.without_validation(), context, config.horizon)
-    info = {**info, "rows": {**info["rows"], "train": counts["train"] + counts["val"], "val": 0}}
+    info = {**info, "rows": {**info["rows"], "train": counts["train"], "val": counts["val"]}}  # val: none left
     return fit_run(config, context, run_dir, (arrays, info, preprocessor, split), data, selection)
