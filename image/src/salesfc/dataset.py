@@ -175,7 +175,7 @@ class Preprocessor:
         params["may_go_negative"] = statistics.union(context, (int(key) for key in negative))
         mean, std, _ = statistics.mean_std(context, np.log(level))
         params["log_scale"] = {"mean": mean, "std": std or 1.0}
-        weight = pre._weight(train, pre.scale(train))
+        weight = pre._weight(train, pre.scale(train, level=level))
         total, rows = context.sum_array([weight.sum(), len(weight)])
         params["weight_mean"] = float(total / rows)
         return pre
@@ -220,11 +220,14 @@ class Preprocessor:
         scale = np.where(np.isnan(scale), fallback, scale)
         return np.maximum(scale, spec["floor"])
 
-    def scale(self, frame: pd.DataFrame, days: np.ndarray | None = None, step: np.ndarray | int = 0) -> np.ndarray:
+    def scale(self, frame: pd.DataFrame, days: np.ndarray | None = None, step: np.ndarray | int = 0,
+              level: np.ndarray | None = None) -> np.ndarray:
         """What the target of the week ``step`` weeks after each row's own is divided by: the level, times the
         department's profile for that week of year where the level is the 52-week mean the profile is measured
-        against (the module's text). ``days``: each row's own week (days since 1970-01-01), needed for a later week."""
-        return self.level(frame) * self._profile(frame, [self._week(frame, days, step)])[0]
+        against (the module's text). ``days``: each row's own week (days since 1970-01-01), needed for a later week;
+        ``level``: the rows' ``level`` where the caller has it already."""
+        level = self.level(frame) if level is None else level
+        return level * self._profile(frame, [self._week(frame, days, step)])[0]
 
     def horizon_scales(self, frame: pd.DataFrame, days: np.ndarray, horizon: int) -> np.ndarray:
         """(rows, horizon): the scale of each row's own week and of the horizon - 1 weeks after it."""
@@ -297,7 +300,7 @@ class Preprocessor:
                             "to forecast do not have: the feature definitions changed since training; run "
                             "`salesfc prep`, then `salesfc train` again (or infer with the matching --run-id)")
         level = self.level(frame)
-        scale = level * self._profile(frame, [self._week(frame, None, 0)])[0]
+        scale = self.scale(frame, level=level)
         numeric = np.empty((len(frame), self.n_numeric), dtype=np.float32)
         position = 0
         flags = []
