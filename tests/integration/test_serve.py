@@ -16,6 +16,7 @@ from email.message import Message
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from processes import free_port, stop
 
@@ -341,11 +342,16 @@ def test_a_quantile_model_answers_its_band_at_every_horizon(workspace, run_sales
     run_salesfc("train", "--workdir", str(workspace), "--run-id", "serve-q", "--epochs", "2", "--members", "1",
                  "--quantiles", "0.1,0.9", "--horizon", "3")
     write_atomically(workspace / "models" / "LATEST", f"{RUN}\n")  # the module's server stays on its run
-    from salesfc import feature_store, infer, settings
+    # infer widens next week's band by the errors of the latest held-out weeks (salesfc.band), not by the model's own
+    # widening (made far wider here, so the two cannot agree by chance); serve answers infer's band
+    from salesfc.train import set_band
 
-    config = settings.Config.defaults("infer", workdir=str(workspace))
-    batch = infer.next_week(feature_store.open_store(config, wait=False),
-                            infer.Forecaster(config.workspace.run_dir("serve-q")), manifest(workspace))
+    set_band(workspace / "models" / "serve-q" / "model.pt", [0.5, 0.5, 0.5])
+    run_salesfc("infer", "--workdir", str(workspace), "--run-id", "serve-q")
+    report = workspace / "reports" / "serve-q"
+    batch = pd.read_parquet(report / "predictions.parquet")
+    widen = json.loads((report / "metrics.json").read_text())["next_week_band"]
+    assert len(widen) == 3 and max(widen) < 0.5
     server = Server(workspace, "--run-id", "serve-q")
     answers = {}
     try:

@@ -16,7 +16,9 @@ A forecast of week t is made from the sales up to t - 1 (one week ahead, as the 
 ``--horizon H`` each fold week is also forecast 2 ... H weeks ahead, from origins up to H - 1 weeks before the cutoff
 (their features end before the cutoff too), and the naive baselines carry their origin's values forward; the tree
 peer beyond one week is one model with the horizon as a feature (baselines.tree_peer_ahead). The headline figures
-are the one-week forecasts; ``by_horizon`` has every horizon.
+are the one-week forecasts; ``by_horizon`` has every horizon. With ``--quantiles`` each forecast's band is widened
+by the errors of the latest weeks known when it was made, as infer does (salesfc.band): the validation weeks at the
+fold's start, then its own weeks as their actuals come in.
 The result is one frame of (cutoff, series, week, horizon, actual, one column per forecaster), from which every
 table and plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other
 weeks, mean over folds), ``backtest.md`` and ``backtest.png``.
@@ -37,7 +39,7 @@ from salesfc import baselines, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
 from salesfc.infer import (FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, horizon_table, later_weeks,
-                           peer_at, score)
+                           peer_at, recent_origins, score)
 from salesfc.tables import TIMESTAMP
 from salesfc.workspace import atomic_path, read_json, wait_for_manifest, write_json, write_text
 
@@ -82,9 +84,6 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
     from salesfc import train
 
     known = frame[frame[TIMESTAMP] < fold.cutoff]  # the fold's weeks and later are not even passed on
-    since = fold.cutoff - pd.Timedelta(weeks=config.horizon - 1)
-    origins = frame[(frame[TIMESTAMP] >= since) & (frame[TIMESTAMP] <= fold.last_week)].reset_index(drop=True)
-    rows = origins[origins[TIMESTAMP] >= fold.cutoff]
     split = fold.split()
     run_dir = out / fold.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,12 +98,15 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
         train.fit_model(config, context, run_dir, known, split, {}, data)
     forecaster = Forecaster(run_dir)
     model_seconds = time.perf_counter() - tick
+    since = recent_origins(forecaster, fold.cutoff)
+    origins = frame[(frame[TIMESTAMP] >= since) & (frame[TIMESTAMP] <= fold.last_week)].reset_index(drop=True)
+    rows = origins[origins[TIMESTAMP] >= fold.cutoff]
     part = split.part(known[TIMESTAMP])
     tick = time.perf_counter()
     peer = baselines.tree_peer(forecaster.preprocessor, known[part == 0], known[part == 1], rows,
                                cache=config.workspace.baselines, data=data, split=split.to_json(),
                                refit=forecaster.refit)
-    targets, bands, at = forecast_weeks(forecaster, origins, fold.cutoff, fold.last_week)
+    targets, bands, at, _ = forecast_weeks(forecaster, origins, fold.cutoff, fold.last_week)
     later_at, later_step = later_weeks(targets, at)
     ahead = None
     if len(later_at):

@@ -1,12 +1,14 @@
 """infer: next week's forecast for every store department, and an honest evaluation of the model.
 
 1. Waits (up to --wait-timeout) for the run's model: ``models/<run-id>/training.json`` marks a finished run.
-2. Forecasts the week after the data (and, trained with ``--horizon H``, the H - 1 weeks after it) from the online
-   store (``get_online_features``): the same features, the same preprocessing and the same network as training.
-3. Evaluates on the held-out test weeks, which neither training nor early stopping saw: the model against the
+2. Evaluates on the held-out test weeks, which neither training nor early stopping saw: the model against the
    naive baselines and the gradient-boosted-trees peer (salesfc.baselines), and against the noise floor when
    the data is synthetic (the error of predicting the generator's noiseless signal). With H weeks, each held-out
-   week is also forecast 2 ... H weeks ahead and scored per horizon (``by_horizon``).
+   week is also forecast 2 ... H weeks ahead and scored per horizon (``by_horizon``). With ``--quantiles``, each
+   forecast's band, next week's too, is widened by the errors of the latest weeks known when it was made
+   (salesfc.band); `serve` answers next week's band as infer last widened it.
+3. Forecasts the week after the data (and, trained with ``--horizon H``, the H - 1 weeks after it) from the online
+   store (``get_online_features``): the same features, the same preprocessing and the same network as training.
 4. Writes ``reports/<run-id>/``: predictions.parquet (next week, every horizon: column ``horizon``),
    holdout_predictions.parquet, metrics.json and report.md with its plots.
 """
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from salesfc import baselines, feature_store, metrics, progress
+from salesfc import band, baselines, feature_store, metrics, progress
 from salesfc import model as model_lib
 from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.data import HOLIDAY_NAMES
@@ -75,11 +77,26 @@ class Forecaster:
     def horizon(self) -> int:
         return self.network.horizon
 
-    @torch.no_grad()
-    def predict_quantiles(self, frame: pd.DataFrame, week=None) -> dict[float, np.ndarray]:
+    @property
+    def band(self) -> bool:
+        """Whether the network forecasts quantiles beside the median."""
+        return len(self.quantiles) > 1
+
+    def predict_quantiles(self, frame: pd.DataFrame, week=None, widen: np.ndarray | None = None
+                          ) -> dict[float, np.ndarray]:
         """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles), each
         (rows, horizon): column h - 1 is the week h - 1 weeks after the row's own, forecast from the sales before
-        the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows)."""
+        the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows).
+        ``widen`` (rows, horizon): how far the band is widened, in units of the row's scale, instead of by the
+        validation weeks' widening the model was saved with (salesfc.band)."""
+        ratio, scales = self.scaled_quantiles(frame, week)
+        if widen is not None:
+            ratio = self.widened(ratio, widen)
+        return self.dollars(frame, ratio, scales)
+
+    @torch.no_grad()
+    def scaled_quantiles(self, frame: pd.DataFrame, week=None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's quantiles in units of the scale, (rows, horizon, quantiles), and the scales (rows, horizon)."""
         batch = self.preprocessor.transform(frame)
         numeric, categories = torch.from_numpy(batch.numeric), torch.from_numpy(batch.categories)
         days = own_days = None
@@ -94,13 +111,31 @@ class Forecaster:
                                 for i in range(0, len(numeric), PREDICT_ROWS)] or
                                [np.zeros((0, self.horizon, len(self.quantiles)), dtype=np.float32)]
                                ).astype(np.float64)
+        return ratio, self.preprocessor.horizon_scales(frame, own_days, self.horizon)
+
+    def widened(self, ratio: np.ndarray, widen: np.ndarray) -> np.ndarray:
+        """``ratio`` (scaled_quantiles) with the band widened by ``widen`` (rows, horizon) instead of the model's own."""
+        change = np.asarray(widen, dtype=np.float64) - np.asarray(self.network.band_widen, dtype=np.float64)
+        sign = np.sign(np.asarray(self.quantiles) - 0.5)  # -1 below the median, +1 above, 0 for it
+        return ratio + change[..., None] * sign
+
+    def dollars(self, frame: pd.DataFrame, ratio: np.ndarray, scales: np.ndarray) -> dict[float, np.ndarray]:
         # The floor is monotonic, so floored quantiles stay in order.
-        scales = self.preprocessor.horizon_scales(frame, own_days, self.horizon)
         return {q: self.preprocessor.floor(frame, ratio[..., i] * scales) for i, q in enumerate(self.quantiles)}
 
     def predict(self, frame: pd.DataFrame, week=None) -> np.ndarray:
         """The point forecast: the median, (rows, horizon)."""
         return self.predict_quantiles(frame, week)[0.5]
+
+
+def recent_band_of(workspace: Workspace, run_id: str, week: str) -> list[float] | None:
+    """The band's widening per horizon that infer last gave ``run_id``'s forecast of ``week`` (salesfc.band), or None
+    (no band, infer not run on this data yet: the model's own widening then)."""
+    try:
+        result = read_json(workspace.report_dir(run_id) / "metrics.json")
+    except (FileNotFoundError, ValueError):
+        return None
+    return result.get("next_week_band") if result.get("next_week") == week else None
 
 
 def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> None:
@@ -132,16 +167,18 @@ def stale_message(week: str, count: int) -> str:
             "materializes the latest week)")
 
 
-def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict) -> pd.DataFrame:
+def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict, widen: list[float] | None = None
+              ) -> pd.DataFrame:
     """The forecast from the online store: every series, the week after the data and the horizon - 1 weeks after it,
-    one row per series and week (``horizon`` 1 is next week), horizon by horizon."""
+    one row per series and week (``horizon`` 1 is next week), horizon by horizon. ``widen``: the band's widening
+    per horizon (forecast_weeks' for a forecast after the data), else the model's own."""
     keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
     week = pd.Timestamp(manifest["next_week"], tz="UTC")
     online, feature_week = online_rows(store, keys)
     stale = feature_week != int(week.timestamp())
     if stale.any():
         raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
-    bands = forecaster.predict_quantiles(online, week)
+    bands = forecaster.predict_quantiles(online, week, None if widen is None else np.tile(widen, (len(keys), 1)))
     store_ids, depts = split_store_dept(keys)
     horizon = forecaster.horizon
     steps = np.repeat(np.arange(horizon), len(keys))
@@ -157,20 +194,37 @@ NAIVE_INPUTS = ("sales_lag_1", "sales_lag_2", "sales_lag_4", "sales_lag_8", "sal
 
 
 def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp
-                   ) -> tuple[pd.DataFrame, dict, np.ndarray]:
+                   ) -> tuple[pd.DataFrame, dict, np.ndarray, list[float] | None]:
     """Every forecast the rows of ``frame`` (origins) make of a reported week from ``first`` to ``last``: one row per
     (origin, horizon) whose target week is in that range and in ``frame``, with the target's series, week
     (event_timestamp), horizon, weekly_sales, is_holiday and expected_sales and the origin's NAIVE_INPUTS. Returns
-    those rows, the model's quantiles for them ({q: dollars}) and, per row, the index of its origin in ``frame``.
-    A target h - 1 weeks after an origin's own week is forecast from the sales before the origin's week only."""
+    those rows, the model's quantiles for them ({q: dollars}), per row the index of its origin in ``frame``, and
+    with a band the widening of a forecast made after ``last``, per horizon (None without). A target h - 1 weeks
+    after an origin's own week is forecast from the sales before the origin's week only.
+
+    With a band, each forecast's is widened by the errors of the latest weeks known when it was made, the model
+    deployed at ``first`` (salesfc.band): ``frame`` should hold origins from band.RECENT_WEEKS + horizon - 1 weeks
+    before ``first`` (recent_origins), whose forecasts of weeks before ``first`` are scored, not returned."""
     ahead = Ahead.of(frame, forecaster.horizon)
     first_day, last_day = epoch_days([first, last])
     target_days = ahead.target_days
     keep = ahead.found & (target_days >= first_day) & (target_days <= last_day)
-    origins = np.flatnonzero(keep.any(axis=1))
+    scored = keep
+    if forecaster.band:
+        # Weeks the model was trained on do not count: their errors are smaller than those of the weeks ahead.
+        since = max(first_day - band.RECENT_WEEKS * band.DAYS_PER_WEEK, epoch_days([forecaster.split.val_start])[0])
+        scored = ahead.found & (target_days >= since) & (target_days <= last_day)
+    origins = np.flatnonzero(scored.any(axis=1))
+    chosen = frame.iloc[origins]
+    ratio, scales = forecaster.scaled_quantiles(chosen)
+    after = None
+    if forecaster.band:
+        widen, after = recent_band(forecaster, ratio, scales, ahead.rows(origins), scored[origins], first_day,
+                                   last_day)
+        ratio = forecaster.widened(ratio, widen)
+    bands = forecaster.dollars(chosen, ratio, scales)
     row, step = np.nonzero(keep[origins])
     at = origins[row]
-    bands = forecaster.predict_quantiles(frame.iloc[origins])
     rows = pd.DataFrame({
         "store": frame["store"].to_numpy()[at], "dept": frame["dept"].to_numpy()[at],
         "store_dept": frame["store_dept"].to_numpy()[at],
@@ -179,23 +233,53 @@ def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timest
         "expected_sales": ahead.expected[at, step],
         **{name: frame[name].to_numpy(dtype=float, na_value=np.nan)[at] for name in NAIVE_INPUTS},
     })
-    return rows, {q: values[row, step] for q, values in bands.items()}, at
+    return rows, {q: values[row, step] for q, values in bands.items()}, at, after
+
+
+def recent_origins(forecaster: Forecaster, first: pd.Timestamp) -> pd.Timestamp:
+    """The first origin forecast_weeks needs to forecast from ``first`` on (and, with a band, to widen it)."""
+    return first - pd.Timedelta(weeks=forecaster.horizon - 1 + (band.RECENT_WEEKS if forecaster.band else 0))
+
+
+def recent_band(forecaster: Forecaster, ratio: np.ndarray, scales: np.ndarray, ahead: Ahead, scored: np.ndarray,
+                first_day: int, last_day: int) -> tuple[np.ndarray, list[float]]:
+    """The widening (rows, horizon) of forecast_weeks' forecasts (``ratio``: scaled_quantiles of its origins) from
+    the scores of those with a known actual (``scored``), horizon by horizon (salesfc.band), and that of a forecast
+    made after ``last_day``."""
+    nominal = forecaster.quantiles[-1] - forecaster.quantiles[0]
+    static = forecaster.network.band_widen
+    with np.errstate(invalid="ignore"):
+        actual = ahead.sales / scales
+    raw = forecaster.widened(ratio, np.zeros_like(scales))
+    scores = band.outside(raw[..., 0], raw[..., -1], actual)
+    # A forecast is made at the start of its origin's week, or when the model was deployed, if that is later.
+    known_until = np.maximum(ahead.days, first_day) - band.DAYS_PER_WEEK
+    widen = np.empty_like(scales)
+    after = []
+    for h in range(forecaster.horizon):
+        counted = scored[:, h]
+        score_days = ahead.days[counted] + h * band.DAYS_PER_WEEK
+        widen[:, h] = band.recent_widening(score_days, scores[counted, h], known_until, nominal, static[h])
+        after.append(float(band.recent_widening(score_days, scores[counted, h], np.array([last_day]), nominal,
+                                                static[h])[0]))
+    return widen, after
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
              rows_per_read: int) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
-    # The held-out weeks, the origins that forecast them (up to horizon - 1 weeks before them) and, the first time,
-    # the peer's training weeks: in reads of about rows_per_read rows.
+    # The held-out weeks, the origins that forecast them (up to horizon - 1 weeks before them, with a band the
+    # latest weeks before them too) and, the first time, the peer's training weeks: in reads of about rows_per_read
+    # rows.
     counts = feature_store.label_counts(store)
-    since = split.test_start - pd.Timedelta(weeks=forecaster.horizon - 1)
+    since = recent_origins(forecaster, split.test_start)
     reads = feature_store.reads_per_shard(feature_store.rows_in_weeks(counts, since=since), 1, rows_per_read)
     # In the order of one read (the report's tables and plots follow the rows).
     origins = feature_store.in_table_order(feature_store.shard_features(store, 0, 1, reads, since=since))
     test = origins[origins[TIMESTAMP] >= split.test_start]
     if test.empty:
         raise UserError("no test weeks in the data this model was trained on; was prep re-run with less data?")
-    rows, bands, at = forecast_weeks(forecaster, origins, split.test_start, split.last_week)
+    rows, bands, at, after = forecast_weeks(forecaster, origins, split.test_start, split.last_week)
     peer_args = {"cache": workspace.baselines, "data": forecaster.params["data"], "split": forecaster.params["split"],
                  "refit": forecaster.refit}
     # The naive baselines need the training weeks' sales only (the labels), and a cached peer nothing more: the
@@ -228,6 +312,9 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
                             "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
                             "horizon": forecaster.horizon,
                             "holidays": holiday_weeks(test[TIMESTAMP])}
+    if after is not None:
+        result["model"]["quantiles"]["widened_by_recent_weeks"] = band.RECENT_WEEKS
+        result["next_week_band"] = after
     return result, holdout
 
 
@@ -373,14 +460,15 @@ def run(config) -> int:
     timings["load"] = time.perf_counter() - clock
 
     tick = time.perf_counter()
-    with progress.stage(f"forecasting {manifest['next_week']} from the online store"):
-        forecast = next_week(store, forecaster, manifest)
-    timings["next week (online)"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    # Minutes on full data the first time (the held-out weeks through Feast, the tree peer's search).
+    # Minutes on full data the first time (the held-out weeks through Feast, the tree peer's search). First: with a
+    # band, next week's is widened by the errors of the latest held-out weeks.
     with progress.stage("evaluating on the held-out weeks (features, baselines, tree peer)"):
         result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace, config.rows_per_read)
     timings["evaluation"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    with progress.stage(f"forecasting {manifest['next_week']} from the online store"):
+        forecast = next_week(store, forecaster, manifest, result.get("next_week_band"))
+    timings["next week (online)"] = time.perf_counter() - tick
     next_only = forecast[forecast["horizon"] == 1]
     result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(next_only),
                   horizon=forecaster.horizon, data=manifest["source"])
@@ -405,10 +493,11 @@ def run(config) -> int:
           "them)")
     for line in comparison_table(result):
         print("  " + line)
-    band = result["model"].get("quantiles")
-    if band:
-        print(f"infer: the model's {band['band']} band holds {band['coverage']:.1%} of the held-out actuals (nominal "
-              f"{band['nominal']:.0%})")
+    interval = result["model"].get("quantiles")
+    if interval:
+        print(f"infer: the model's {interval['band']} band holds {interval['coverage']:.1%} of the held-out actuals "
+              f"(nominal {interval['nominal']:.0%}; each week's widened by the errors of the {band.RECENT_WEEKS} "
+              "weeks before it)")
     print(f"infer: forecast for {manifest['next_week']}: {len(next_only):,} series, total "
           f"${next_only['predicted_sales'].sum():,.0f}")
     if forecaster.horizon > 1:

@@ -2,14 +2,16 @@
 
 ``POST /predict`` takes one store department (``{"store": 1, "dept": 1}``) or a batch (``{"rows": [...]}``), reads
 their features from the online store, and answers next week's forecast with the same preprocessing and network as
-``salesfc infer`` (salesfc.infer's ``Forecaster`` and ``online_rows``), so a served forecast equals the batch one.
+``salesfc infer`` (salesfc.infer's ``Forecaster`` and ``online_rows``), so a served forecast equals the batch one;
+a model's P10-P90 band too, which infer widens by the errors of the latest held-out weeks (salesfc.band) and serve
+reads from infer's ``metrics.json`` (the model's own widening until infer has run on the data).
 
 What a caller can rely on:
 * a pair that is not a series of the prepared data, or whose online row is not of the forecast week (stale), gets
   an error of its own in the answer; the other rows are still forecast. Never a made-up number.
 * the database away: 503 with ``Retry-After``, the reason logged once; a background thread reopens the store and
   the service answers again by itself.
-* a newer finished run (``models/LATEST``) or newly prepared data is loaded beside the one in use and swapped in
+* a newer finished run (``models/LATEST``), newly prepared data or a newer infer report is loaded beside the one in use and swapped in
   with one assignment: a request holds the model it started with to its end.
 * requests that arrive while the network is busy are forecast together (``Coalescer``: one online read, one pass
   of the network for all of them); one alone is forecast at once.
@@ -89,7 +91,8 @@ class Loaded:
     forecaster: infer.Forecaster
     week: pd.Timestamp
     known: frozenset[int]
-    source: tuple  # (run id, manifest mtime and size): a change means something new to load
+    source: tuple  # (run id, manifest's and infer's metrics' mtime and size): a change means something new to load
+    widen: list[float] | None = None  # the band as infer last widened it for this week (infer.recent_band_of)
 
 
 # A row of a pair that is not a series of the prepared data.
@@ -298,7 +301,7 @@ class Service:
         except FileNotFoundError:
             self.model_problem = f"{workspace.manifest} does not exist (run `salesfc prep`)"
             return
-        source = (run_id, stat.st_mtime_ns, stat.st_size)
+        source = (run_id, stat.st_mtime_ns, stat.st_size, _stat(workspace.report_dir(run_id) / "metrics.json"))
         if (self.loaded and self.loaded.source == source) or source == self._failed_source:
             return
         tick = time.perf_counter()
@@ -313,7 +316,8 @@ class Service:
             log.error("serve: %s", self.model_problem)
             return
         loaded = Loaded(run_id, forecaster, pd.Timestamp(manifest["next_week"], tz="UTC"),
-                        frozenset(int(key) for key in manifest["forecast_series"]), source)
+                        frozenset(int(key) for key in manifest["forecast_series"]), source,
+                        infer.recent_band_of(workspace, run_id, manifest["next_week"]))
         previous = self.loaded
         self.loaded, self.model_problem, self._failed_source = loaded, None, None
         self.metrics.model_loaded(loaded)
@@ -400,8 +404,9 @@ class Service:
                 rows[i] = (int(week), None)
             if fresh.any():
                 tick = time.perf_counter()
+                widen = None if loaded.widen is None else np.tile(loaded.widen, (int(fresh.sum()), 1))
                 bands = loaded.forecaster.predict_quantiles(online if fresh.all() else online.rows(fresh),
-                                                            loaded.week)
+                                                            loaded.week, widen)
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
                 for row, i in enumerate(asked[fresh]):
                     rows[i] = (rows[i][0], {q: values[row] for q, values in bands.items()})
@@ -431,6 +436,14 @@ class Service:
             return False, state
         state["reason"] = None
         return True, state
+
+
+def _stat(path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _first_line(err: BaseException) -> str:

@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from salesfc import cpus, distributed, metrics, progress, settings, statistics, trainer_status
+from salesfc import band, cpus, distributed, metrics, progress, settings, statistics, trainer_status
 from salesfc import model as model_lib
 from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.errors import UserError
@@ -72,16 +72,10 @@ def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> t
 
 @torch.no_grad()
 def calibrate_band(path, arrays: dict, context: distributed.Context | None = None) -> dict:
-    """Widen the saved model's quantile band until it holds its nominal share of the validation weeks.
-
-    The band's layer learns on the training rows, where the median network's errors are smaller than on weeks it
-    never saw. The validation weeks played no part in fitting, only in early stopping, so their errors are honest:
-    split conformal calibration (conformalized quantile regression) moves every quantile below the median down and
-    every one above it up by the same amount, in units of the row's scale, the smallest that puts the nominal share
-    of validation actuals inside. It only widens, so quantiles never cross. Weeks further from the training data
-    than the validation weeks have larger errors still, which this does not see (bench/README.md has the
-    backtest's coverage). Each horizon is widened on its own: errors grow with the weeks ahead. Every rank scores
-    its own validation rows; rank 0 saves the widened model."""
+    """Widen the saved model's quantile band until it holds its nominal share of the validation weeks (salesfc.band):
+    the validation weeks played no part in fitting, only in early stopping, so their errors are honest. Each horizon
+    is widened on its own: errors grow with the weeks ahead. Every rank scores its own validation rows; rank 0 saves
+    the widened model."""
     context = context or distributed.alone()
     network, checkpoint = model_lib.load(path)
     quantiles = network.quantiles
@@ -92,16 +86,14 @@ def calibrate_band(path, arrays: dict, context: distributed.Context | None = Non
     bands = torch.cat([network(numeric[i:i + 65_536], categories[i:i + 65_536], days[i:i + 65_536], quantiles=True)
                        for i in range(0, len(target), 65_536)]
                       or [torch.zeros(0, network.horizon, len(quantiles))]).double()
-    # > 0: the actual is outside the band
-    outside = torch.maximum(bands[..., 0] - target, target - bands[..., -1]).numpy()
+    outside = band.outside(bands[..., 0].numpy(), bands[..., -1].numpy(), target.numpy())
     widen, before, after, total = [], 0.0, 0.0, 0
     for h in range(network.horizon):
         scores = outside[counted[:, h], h]
         rows = int(context.sum_array([len(scores)])[0])
         if not rows:
             raise UserError(f"no validation week is {h + 1} weeks after an origin: --val-weeks must be at least 1")
-        level = min(1.0, math.ceil((rows + 1) * nominal) / rows)  # the finite-sample correction
-        widen.append(max(0.0, statistics.quantile(context, scores, level)))
+        widen.append(max(0.0, statistics.quantile(context, scores, band.conformal_level(rows, nominal))))
         inside = context.sum_array([(scores <= 0).sum(), (scores <= widen[-1]).sum()])
         before, after, total = before + inside[0], after + inside[1], total + rows
     result = {"nominal": round(nominal, 6), "widen": widen, "validation_rows": total,
