@@ -78,7 +78,7 @@ class Forecaster:
         return self.network.horizon
 
     @property
-    def band(self) -> bool:
+    def has_band(self) -> bool:
         """Whether the network forecasts quantiles beside the median."""
         return len(self.quantiles) > 1
 
@@ -87,8 +87,8 @@ class Forecaster:
         """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles), each
         (rows, horizon): column h - 1 is the week h - 1 weeks after the row's own, forecast from the sales before
         the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows).
-        ``widen`` (rows, horizon): how far the band is widened, in units of the row's scale, instead of by the
-        validation weeks' widening the model was saved with (salesfc.band)."""
+        ``widen`` (rows, horizon), or (horizon,) for every row: how far the band is widened, in units of the row's
+        scale, instead of by the validation weeks' widening the model was saved with (salesfc.band)."""
         ratio, scales = self.scaled_quantiles(frame, week)
         if widen is not None:
             ratio = self.widened(ratio, widen)
@@ -114,7 +114,8 @@ class Forecaster:
         return ratio, self.preprocessor.horizon_scales(frame, own_days, self.horizon)
 
     def widened(self, ratio: np.ndarray, widen: np.ndarray) -> np.ndarray:
-        """``ratio`` (scaled_quantiles) with the band widened by ``widen`` (rows, horizon) instead of the model's own."""
+        """``ratio`` (scaled_quantiles) with the band widened by ``widen`` ((rows, horizon), or (horizon,) for every
+        row) instead of the model's own."""
         change = np.asarray(widen, dtype=np.float64) - np.asarray(self.network.band_widen, dtype=np.float64)
         sign = np.sign(np.asarray(self.quantiles) - 0.5)  # -1 below the median, +1 above, 0 for it
         return ratio + change[..., None] * sign
@@ -178,7 +179,7 @@ def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict
     stale = feature_week != int(week.timestamp())
     if stale.any():
         raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
-    bands = forecaster.predict_quantiles(online, week, None if widen is None else np.tile(widen, (len(keys), 1)))
+    bands = forecaster.predict_quantiles(online, week, widen)
     store_ids, depts = split_store_dept(keys)
     horizon = forecaster.horizon
     steps = np.repeat(np.arange(horizon), len(keys))
@@ -210,7 +211,7 @@ def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timest
     target_days = ahead.target_days
     keep = ahead.found & (target_days >= first_day) & (target_days <= last_day)
     scored = keep
-    if forecaster.band:
+    if forecaster.has_band:
         # Weeks the model was trained on do not count: their errors are smaller than those of the weeks ahead.
         since = max(first_day - band.RECENT_WEEKS * band.DAYS_PER_WEEK, epoch_days([forecaster.split.val_start])[0])
         scored = ahead.found & (target_days >= since) & (target_days <= last_day)
@@ -218,7 +219,7 @@ def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timest
     chosen = frame.iloc[origins]
     ratio, scales = forecaster.scaled_quantiles(chosen)
     after = None
-    if forecaster.band:
+    if forecaster.has_band:
         widen, after = recent_band(forecaster, ratio, scales, ahead.rows(origins), scored[origins], first_day,
                                    last_day)
         ratio = forecaster.widened(ratio, widen)
@@ -238,7 +239,7 @@ def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timest
 
 def recent_origins(forecaster: Forecaster, first: pd.Timestamp) -> pd.Timestamp:
     """The first origin forecast_weeks needs to forecast from ``first`` on (and, with a band, to widen it)."""
-    return first - pd.Timedelta(weeks=forecaster.horizon - 1 + (band.RECENT_WEEKS if forecaster.band else 0))
+    return first - pd.Timedelta(weeks=forecaster.horizon - 1 + (band.RECENT_WEEKS if forecaster.has_band else 0))
 
 
 def recent_band(forecaster: Forecaster, ratio: np.ndarray, scales: np.ndarray, ahead: Ahead, scored: np.ndarray,
@@ -254,15 +255,14 @@ def recent_band(forecaster: Forecaster, ratio: np.ndarray, scales: np.ndarray, a
     scores = band.outside(raw[..., 0], raw[..., -1], actual)
     # A forecast is made at the start of its origin's week, or when the model was deployed, if that is later.
     known_until = np.maximum(ahead.days, first_day) - band.DAYS_PER_WEEK
-    widen = np.empty_like(scales)
-    after = []
+    # One more forecast, made after last_day: the latest held-out weeks set its band.
+    known_until = np.append(known_until, last_day)
+    widen = np.empty((len(known_until), forecaster.horizon))
     for h in range(forecaster.horizon):
         counted = scored[:, h]
         score_days = ahead.days[counted] + h * band.DAYS_PER_WEEK
         widen[:, h] = band.recent_widening(score_days, scores[counted, h], known_until, nominal, static[h])
-        after.append(float(band.recent_widening(score_days, scores[counted, h], np.array([last_day]), nominal,
-                                                static[h])[0]))
-    return widen, after
+    return widen[:-1], [float(w) for w in widen[-1]]
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,

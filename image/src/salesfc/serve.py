@@ -404,9 +404,8 @@ class Service:
                 rows[i] = (int(week), None)
             if fresh.any():
                 tick = time.perf_counter()
-                widen = None if loaded.widen is None else np.tile(loaded.widen, (int(fresh.sum()), 1))
                 bands = loaded.forecaster.predict_quantiles(online if fresh.all() else online.rows(fresh),
-                                                            loaded.week, widen)
+                                                            loaded.week, loaded.widen)
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
                 for row, i in enumerate(asked[fresh]):
                     rows[i] = (rows[i][0], {q: values[row] for q, values in bands.items()})
