@@ -139,7 +139,7 @@ def loader_loop(context, arrays: dict, meta: dict, config, steps: int, kind: str
             target, weight = target.to(context.device), weight.to(context.device)
             with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 prediction = ddp(numeric, categories, days)
-            loss = (train.quantile_loss(prediction.float(), target, 0.5) * weight).mean()
+            loss = (train.training_loss(prediction.float(), target, median_delta=config.huber_delta) * weight).mean()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ddp.parameters(), config.grad_clip)

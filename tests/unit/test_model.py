@@ -1,5 +1,7 @@
 """The network and its checkpoint: rebuilt from MODEL_CONFIG, loaded with weights_only."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,26 @@ def test_the_training_loss_of_a_quantile_is_lowest_at_that_quantile(q):
     losses = torch.stack([quantile_loss(torch.full_like(target, c), target, q).mean() for c in candidates])
     best = float(candidates[losses.argmin()])
     assert best == pytest.approx(float(torch.quantile(target, q)), abs=0.02)
+
+
+def test_a_wider_huber_delta_trains_the_median_on_squared_error_near_the_median_of_log_symmetric_noise():
+    from salesfc.train import training_loss
+
+    torch.manual_seed(0)
+    sigma = 0.1  # a large department's noise
+    target = torch.exp(sigma * torch.randn(20_000, dtype=torch.float64))
+    candidates = torch.linspace(0.9, 1.1, 801, dtype=torch.float64)
+    losses = torch.stack([training_loss(torch.full_like(target, c), target, median_delta=0.25).mean()
+                          for c in candidates])
+    best = float(candidates[losses.argmin()])
+    # Between the median (1) and the mean (exp(sigma^2 / 2)): the squared part pulls it up a little.
+    assert 1.0 - 0.003 < best < math.exp(sigma ** 2 / 2) + 0.003
+    # An error the size of that noise is in the squared part (half its square); the default delta is absolute error's
+    # linear part there, and the band's quantiles keep it whatever the median's is.
+    error, zero = torch.tensor([sigma], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    assert float(training_loss(error, zero, median_delta=0.25)) == pytest.approx(0.5 * sigma ** 2)
+    assert float(training_loss(error, zero)) == pytest.approx(0.02 * (sigma - 0.01))
+    assert float(training_loss(error, zero, 0.9, median_delta=0.25)) == float(training_loss(error, zero, 0.9))
 
 
 def test_the_band_learns_without_moving_the_median_network():

@@ -85,6 +85,23 @@ def test_next_week_takes_its_share_of_a_multi_horizon_loss(monkeypatch, tmp_path
     assert float(alone) == pytest.approx(float(later)) and float(alone) > 0  # half the loss each
 
 
+def test_huber_delta_widens_the_medians_training_loss(monkeypatch, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    model_config = model_lib.model_config(4, [3], 4, (8,), 0.0, 1)
+    error = 0.1  # inside a delta of 0.25, outside the default's 0.02
+    prediction, target, weight = torch.full((1, 8, 1), error), torch.zeros(8, 1), torch.ones(8, 1)
+    losses = {}
+    for delta in (None, 0.25):
+        config = settings.Config.defaults("train", epochs=EPOCHS, lr=LR, batch_size=128, device="cpu",
+                                          **({} if delta is None else {"huber_delta": delta}))
+        trainer = train.Trainer(config, distributed.setup("cpu"), tmp_path, {"train_numeric": torch.zeros(ROWS, 4)},
+                                {"model_config": model_config, "run": {}})
+        losses[delta] = float(trainer.loss(prediction, target, weight))
+    assert losses[None] == pytest.approx(train.HUBER_DELTA * (error - train.HUBER_DELTA / 2))  # absolute, nearly
+    assert losses[0.25] == pytest.approx(0.5 * error ** 2)  # squared
+
+
 class Lost(Exception):
     pass
 

@@ -252,6 +252,11 @@ SETTINGS: tuple[Setting, ...] = (
             "price, CPI, unemployment, markdowns) is held at its value of the first forecast week.", 1, horizon_weeks,
             commands=TRAIN),
     Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
+    Setting("huber_delta", "The median's training loss is Huber loss with this delta, in units of the row's scale: "
+            "squared error for smaller errors, absolute error beyond. The default is nearly absolute error, what WMAE "
+            "scores; a wider one learns from the size of each error too (bench/README.md has what 0.1 and 0.25 "
+            "measured). Early stopping scores the default's loss whatever this is.", 0.02, positive_float,
+            commands=TRAIN),
     Setting("embed_dim", "Size of the store and department embeddings.", 8, positive_int, commands=TRAIN),
     Setting("members", "Networks in the ensemble: trained side by side on the same batches from their own initial "
             "weights, averaged when forecasting (costs that many times the compute; steadier across seeds and about 1 percent lower "

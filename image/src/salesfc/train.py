@@ -41,7 +41,8 @@ from salesfc.workspace import read_json, wait_for_manifest, write_json, write_te
 log = logging.getLogger(__name__)
 
 # In units of the row's scale. Small: the loss is nearly absolute error, so the model learns the median of next
-# week's sales (what WMAE rewards), not the mean, which right-skewed sales pull upwards.
+# week's sales (what WMAE rewards), not the mean, which right-skewed sales pull upwards. Early stopping and the
+# band's quantiles always use it; the median's training loss uses --huber-delta (this by default).
 HUBER_DELTA = 0.02
 WARMUP_EPOCHS = 1
 # With more than one horizon, next week's forecast takes this share of the loss and the later weeks the rest, evenly.
@@ -58,16 +59,25 @@ DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout masks from seed + r 
 SHUFFLE_SEED_STRIDE = 7_919      # and shuffles its rows with seed + r x this
 
 
-def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tensor:
+def quantile_loss(prediction: torch.Tensor, target: torch.Tensor, q: float,
+                  delta: float = HUBER_DELTA) -> torch.Tensor:
     """Per-row loss of the q-th quantile forecast: the pinball loss (q x the shortfall, 1 - q x the excess) made
     smooth near 0 the way Huber makes absolute error smooth, with the same delta; at q = 0.5 it is the Huber loss
-    the median has always had. Same scale for every quantile: plain pinball terms are 1/delta times larger than
-    Huber's, and their gradients would drown the median's in the network the quantiles share."""
+    (with HUBER_DELTA: what early stopping scores). Same scale for every quantile: plain pinball terms are 1/delta
+    times larger than Huber's."""
     target = target.expand_as(prediction)
-    huber = torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=HUBER_DELTA)
+    huber = torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=delta)
     if q == 0.5:
         return huber
     return 2 * torch.where(target >= prediction, q, 1 - q) * huber
+
+
+def training_loss(prediction: torch.Tensor, target: torch.Tensor, q: float = 0.5,
+                  median_delta: float = HUBER_DELTA) -> torch.Tensor:
+    """Per-row training loss of the q-th quantile forecast: the median's Huber loss with ``median_delta``
+    (--huber-delta: a wider one is squared error for more of the errors, which learns from their size, not only
+    their sign), the band's as quantile_loss (its terms reach only the band's own layers: model.Member.forward)."""
+    return quantile_loss(prediction, target, q, median_delta if q == 0.5 else HUBER_DELTA)
 
 
 @torch.no_grad()
@@ -205,13 +215,14 @@ class Trainer:
     # -- loss ------------------------------------------------------------------------------------------------
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Weighted loss of a (members, batch, horizon) median forecast, or of (members, batch, horizon, Q) quantiles
-        (quantile_loss of each, summed); the mean over members, rows and horizons (a target that does not count has
+        (training_loss of each, summed); the mean over members, rows and horizons (a target that does not count has
         weight 0)."""
         prediction = prediction.float()
         weight = weight * self.horizon_shares
         if prediction.dim() == 3:
-            return (quantile_loss(prediction, target, 0.5) * weight).mean()
-        error = sum(quantile_loss(prediction[..., i], target, q) for i, q in enumerate(self.raw_network.quantiles))
+            return (training_loss(prediction, target, median_delta=self.config.huber_delta) * weight).mean()
+        error = sum(training_loss(prediction[..., i], target, q, self.config.huber_delta)
+                    for i, q in enumerate(self.raw_network.quantiles))
         return (error * weight).mean()
 
     def autocast(self):
