@@ -15,10 +15,15 @@ from salesfc import model as model_lib
 ROWS, EPOCHS, LR = 4096, 3, 0.01
 
 
-@pytest.fixture
-def trainer(monkeypatch, tmp_path):
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch):
+    """Every trainer here is a single process, even when the tests run under torchrun."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def trainer(tmp_path):
     return make_trainer(tmp_path)
 
 
@@ -70,9 +75,7 @@ def test_a_resumed_schedule_continues_where_it_stopped(trainer, tmp_path):
         assert lrs(again, per_epoch) == pytest.approx(rest, rel=1e-9, abs=1e-12)
 
 
-def test_next_week_takes_its_share_of_a_multi_horizon_loss(monkeypatch, tmp_path):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
+def test_next_week_takes_its_share_of_a_multi_horizon_loss(tmp_path):
     config = settings.Config.defaults("train", epochs=EPOCHS, lr=LR, batch_size=128, device="cpu", horizon=5)
     model_config = model_lib.model_config(4, [3], 4, (8,), 0.0, 1, horizon=5)
     trainer = train.Trainer(config, distributed.setup("cpu"), tmp_path, {"train_numeric": torch.zeros(ROWS, 4)},
@@ -85,9 +88,7 @@ def test_next_week_takes_its_share_of_a_multi_horizon_loss(monkeypatch, tmp_path
     assert float(alone) == pytest.approx(float(later)) and float(alone) > 0  # half the loss each
 
 
-def test_huber_delta_widens_the_medians_training_loss(monkeypatch, tmp_path):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
+def test_huber_delta_widens_the_medians_training_loss(tmp_path):
     model_config = model_lib.model_config(4, [3], 4, (8,), 0.0, 1)
     error = 0.1  # inside a delta of 0.25, outside the default's 0.02
     prediction, target, weight = torch.full((1, 8, 1), error), torch.zeros(8, 1), torch.ones(8, 1)
@@ -114,8 +115,6 @@ def test_a_refit_trains_the_chosen_epochs_on_every_week_and_resumes_where_it_sto
 
     from salesfc.workspace import read_json
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
     torch.use_deterministic_algorithms(True)
     frame, split = prepared_frame()
     known = frame[split.part(frame["event_timestamp"]) < 2]
