@@ -347,11 +347,15 @@ def test_a_quantile_model_answers_its_band_at_every_horizon(workspace, run_sales
     from salesfc.train import set_band
 
     set_band(workspace / "models" / "serve-q" / "model.pt", [0.5, 0.5, 0.5])
-    run_salesfc("infer", "--workdir", str(workspace), "--run-id", "serve-q")
+    run_salesfc("infer", "--workdir", str(workspace), "--run-id", "serve-q", "--level-correction", "on")
     report = workspace / "reports" / "serve-q"
     batch = pd.read_parquet(report / "predictions.parquet")
-    widen = json.loads((report / "metrics.json").read_text())["next_week_band"]
+    result = json.loads((report / "metrics.json").read_text())
+    widen = result["next_week_band"]
     assert len(widen) == 3 and max(widen) < 0.5
+    # and, asked to, multiplies every forecast by the level's factor of the latest held-out weeks (salesfc.correction):
+    # serve too
+    assert result["level_correction"]["next_week"] != 1.0
     server = Server(workspace, "--run-id", "serve-q")
     answers = {}
     try:

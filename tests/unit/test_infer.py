@@ -45,9 +45,9 @@ class Recorder:
     def __init__(self):
         self.rows = None
 
-    def predict_quantiles(self, frame, week=None, widen=None):
+    def predict_quantiles(self, frame, week=None, widen=None, level=1.0):
         self.rows = frame
-        return {0.5: np.full((len(frame), self.horizon), 100.0)}
+        return {0.5: np.full((len(frame), self.horizon), 100.0 * level)}
 
 
 def online_rows(keys, weeks: list[pd.Timestamp]) -> dict:

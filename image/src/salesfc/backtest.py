@@ -18,7 +18,9 @@ A forecast of week t is made from the sales up to t - 1 (one week ahead, as the 
 peer beyond one week is one model with the horizon as a feature (baselines.tree_peer_ahead). The headline figures
 are the one-week forecasts; ``by_horizon`` has every horizon. With ``--quantiles`` each forecast's band is widened
 by the errors of the latest weeks known when it was made, as infer does (salesfc.band): the validation weeks at the
-fold's start, then its own weeks as their actuals come in.
+fold's start, then its own weeks as their actuals come in. With ``--level-correction on`` the model's and the tree
+peer's forecasts follow the level of their own errors of the fold's weeks known when each was made
+(salesfc.correction).
 The result is one frame of (cutoff, series, week, horizon, actual, one column per forecaster), from which every
 table and plot is derived: ``backtests/<id>/predictions.parquet``, ``backtest.json`` (per fold, holiday and other
 weeks, mean over folds), ``backtest.md`` and ``backtest.png``.
@@ -35,7 +37,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from salesfc import baselines, distributed, feature_store, metrics, progress
+from salesfc import baselines, correction, distributed, feature_store, metrics, progress
 from salesfc.dataset import Split
 from salesfc.errors import UserError
 from salesfc.infer import (FLOOR_LABEL, Forecaster, forecast_weeks, holiday_weeks, horizon_table, later_weeks,
@@ -79,8 +81,10 @@ def make_folds(weeks: pd.Series, folds: int, fold_weeks: int, val_weeks: int) ->
     return result
 
 
-def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_signal: bool, out) -> pd.DataFrame:
-    """Refit everything on the weeks before the fold, forecast its weeks; returns the fold's rows of the frame."""
+def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_signal: bool, out,
+             correct: bool = False) -> pd.DataFrame:
+    """Refit everything on the weeks before the fold, forecast its weeks (with ``correct``, level-corrected:
+    salesfc.correction); returns the fold's rows of the frame."""
     from salesfc import train
 
     known = frame[frame[TIMESTAMP] < fold.cutoff]  # the fold's weeks and later are not even passed on
@@ -113,7 +117,7 @@ def run_fold(config, context, fold: Fold, frame: pd.DataFrame, data: str, has_si
         ahead = baselines.tree_peer_ahead(forecaster.preprocessor, known, split, origins, later_at, later_step,
                                           cache=config.workspace.baselines, data=data, refit=forecaster.refit)
     _, table = score(targets, bands, known[part == 0], peer_at(peer, origins, rows.index, at, targets, ahead),
-                     has_signal, baselines.year_before(frame, targets))
+                     has_signal, baselines.year_before(frame, targets), fold.cutoff, correct)
     log.info("fold %d (%s to %s): model %.0f s, tree peer %.0f s%s", fold.number, f"{fold.cutoff:%Y-%m-%d}",
              f"{fold.last_week:%Y-%m-%d}", model_seconds, time.perf_counter() - tick,
              " (cached)" if peer["cached"] else "")
@@ -289,7 +293,7 @@ def run(config) -> int:
     for fold in folds:
         tick = time.perf_counter()
         tables.append(run_fold(config.for_command("train"), context, fold, frame, manifest["fingerprint"],
-                               manifest["has_signal"], out))
+                               manifest["has_signal"], out, config.level_correction == "on"))
         part = summarize(tables[-1], [fold])["folds"][0]["all_weeks"]
         print(f"  fold {fold.number}/{len(folds)} {fold.cutoff:%Y-%m-%d} to {fold.last_week:%Y-%m-%d}: WMAE model "
               f"${part['model']['wmae']:,.0f}, tree peer ${part[baselines.PEER]['wmae']:,.0f} "
@@ -311,6 +315,10 @@ def run(config) -> int:
     write_text(out / "backtest.md", "\n".join([
         f"# Backtest {backtest_id}", "", f"Data: {manifest['source']}. Weather, fuel, CPI, unemployment and "
         "markdowns of a forecast week are its recorded values (the Kaggle convention), not forecasts of them.", "",
+        *([f"The model's and the tree peer's forecasts are level-corrected (--level-correction on): each multiplied "
+           f"by the ratio of actual to forecast sales of its own next-week forecasts in the latest "
+           f"{correction.RECENT_WEEKS} fold weeks known when it was made.", ""]
+          if config.level_correction == "on" else []),
         "One week ahead:", "", "```", *lines, "```", "", *[f"- {line}" for line in holidays], "",
         *(["By horizon (WMAE in dollars, mean over folds; the tree peer beyond one week: one model with the horizon "
            "and the target week's calendar as features):", "", "```",

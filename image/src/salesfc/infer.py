@@ -6,7 +6,9 @@
    the data is synthetic (the error of predicting the generator's noiseless signal). With H weeks, each held-out
    week is also forecast 2 ... H weeks ahead and scored per horizon (``by_horizon``). With ``--quantiles``, each
    forecast's band, next week's too, is widened by the errors of the latest weeks known when it was made
-   (salesfc.band); `serve` answers next week's band as infer last widened it.
+   (salesfc.band); `serve` answers next week's band as infer last widened it. With ``--level-correction on`` the
+   model's and the tree peer's forecasts are multiplied by the ratio of actual to forecast sales of their latest
+   held-out weeks known when each was made (salesfc.correction), next week's (and serve's) by the last ones'.
 3. Forecasts the week after the data (and, trained with ``--horizon H``, the H - 1 weeks after it) from the online
    store (``get_online_features``): the same features, the same preprocessing and the same network as training.
 4. Writes ``reports/<run-id>/``: predictions.parquet (next week, every horizon: column ``horizon``),
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from salesfc import band, baselines, feature_store, metrics, progress
+from salesfc import band, baselines, correction, feature_store, metrics, progress
 from salesfc import model as model_lib
 from salesfc.dataset import Ahead, Preprocessor, Split
 from salesfc.data import HOLIDAY_NAMES
@@ -82,17 +84,18 @@ class Forecaster:
         """Whether the network forecasts quantiles beside the median."""
         return len(self.quantiles) > 1
 
-    def predict_quantiles(self, frame: pd.DataFrame, week=None, widen: np.ndarray | None = None
-                          ) -> dict[float, np.ndarray]:
+    def predict_quantiles(self, frame: pd.DataFrame, week=None, widen: np.ndarray | None = None,
+                          level: float = 1.0) -> dict[float, np.ndarray]:
         """Dollars per quantile the network forecasts ({0.5: ...} alone unless trained with --quantiles), each
         (rows, horizon): column h - 1 is the week h - 1 weeks after the row's own, forecast from the sales before
         the row's week. The row's week is its event_timestamp, or ``week`` (one for every row: online rows).
         ``widen`` (rows, horizon), or (horizon,) for every row: how far the band is widened, in units of the row's
-        scale, instead of by the validation weeks' widening the model was saved with (salesfc.band)."""
+        scale, instead of by the validation weeks' widening the model was saved with (salesfc.band). ``level``: the
+        factor every quantile is multiplied by (salesfc.correction)."""
         ratio, scales = self.scaled_quantiles(frame, week)
         if widen is not None:
             ratio = self.widened(ratio, widen)
-        return self.dollars(frame, ratio, scales)
+        return self.dollars(frame, ratio * level, scales)
 
     @torch.no_grad()
     def scaled_quantiles(self, frame: pd.DataFrame, week=None) -> tuple[np.ndarray, np.ndarray]:
@@ -129,14 +132,17 @@ class Forecaster:
         return self.predict_quantiles(frame, week)[0.5]
 
 
-def recent_band_of(workspace: Workspace, run_id: str, week: str) -> list[float] | None:
-    """The band's widening per horizon that infer last gave ``run_id``'s forecast of ``week`` (salesfc.band), or None
-    (no band, infer not run on this data yet: the model's own widening then)."""
+def recent_calibration(workspace: Workspace, run_id: str, week: str) -> tuple[list[float] | None, float]:
+    """What infer last gave ``run_id``'s forecast of ``week``: the band's widening per horizon (salesfc.band; None
+    without a band: the model's own widening) and the level's factor (salesfc.correction). Before infer has run on
+    this data: None and 1."""
     try:
         result = read_json(workspace.report_dir(run_id) / "metrics.json")
     except (FileNotFoundError, ValueError):
-        return None
-    return result.get("next_week_band") if result.get("next_week") == week else None
+        return None, 1.0
+    if result.get("next_week") != week:
+        return None, 1.0
+    return result.get("next_week_band"), float(result.get("level_correction", {}).get("next_week", 1.0))
 
 
 def check_trained_on(run_id: str, forecaster: Forecaster, manifest: dict) -> None:
@@ -168,18 +174,19 @@ def stale_message(week: str, count: int) -> str:
             "materializes the latest week)")
 
 
-def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict, widen: list[float] | None = None
-              ) -> pd.DataFrame:
+def next_week(store: feature_store.Store, forecaster: Forecaster, manifest: dict, widen: list[float] | None = None,
+              level: float = 1.0) -> pd.DataFrame:
     """The forecast from the online store: every series, the week after the data and the horizon - 1 weeks after it,
     one row per series and week (``horizon`` 1 is next week), horizon by horizon. ``widen``: the band's widening
-    per horizon (forecast_weeks' for a forecast after the data), else the model's own."""
+    per horizon (forecast_weeks' for a forecast after the data), else the model's own; ``level``: the level's factor
+    (salesfc.correction, from the latest held-out weeks)."""
     keys = np.asarray(manifest["forecast_series"], dtype=np.int64)
     week = pd.Timestamp(manifest["next_week"], tz="UTC")
     online, feature_week = online_rows(store, keys)
     stale = feature_week != int(week.timestamp())
     if stale.any():
         raise UserError(stale_message(manifest["next_week"], int(stale.sum())))
-    bands = forecaster.predict_quantiles(online, week, widen)
+    bands = forecaster.predict_quantiles(online, week, widen, level)
     store_ids, depts = split_store_dept(keys)
     horizon = forecaster.horizon
     steps = np.repeat(np.arange(horizon), len(keys))
@@ -266,7 +273,7 @@ def recent_band(forecaster: Forecaster, ratio: np.ndarray, scales: np.ndarray, a
 
 
 def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: bool, workspace: Workspace,
-             rows_per_read: int) -> tuple[dict, pd.DataFrame]:
+             rows_per_read: int, correct: bool = False) -> tuple[dict, pd.DataFrame]:
     split = forecaster.split
     # The held-out weeks, the origins that forecast them (up to horizon - 1 weeks before them, with a band the
     # latest weeks before them too) and, the first time, the peer's training weeks: in reads of about rows_per_read
@@ -307,7 +314,7 @@ def evaluate(store: feature_store.Store, forecaster: Forecaster, has_signal: boo
     labels = feature_store.read_labels(store)
     train = labels[split.part(labels[TIMESTAMP]) == 0]
     result, holdout = score(rows, bands, train, peer_at(peer, origins, test.index, at, rows, ahead), has_signal,
-                            baselines.year_before(labels, rows))
+                            baselines.year_before(labels, rows), split.test_start, correct)
     result["test_weeks"] = {"from": f"{forecaster.split.test_start:%Y-%m-%d}",
                             "to": f"{forecaster.split.last_week:%Y-%m-%d}", "rows": int(len(test)),
                             "horizon": forecaster.horizon,
@@ -340,18 +347,27 @@ def peer_at(peer: dict, frame: pd.DataFrame, forecast_rows: pd.Index, at: np.nda
 
 
 def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_signal: bool,
-          seasonal: np.ndarray) -> tuple[dict, pd.DataFrame]:
+          seasonal: np.ndarray, deployed: pd.Timestamp, correct: bool = False) -> tuple[dict, pd.DataFrame]:
     """Every forecaster on ``rows`` (forecast_weeks' rows: a target week and the horizon it is forecast at): the model
     (its quantile forecasts ``bands``, the median its point forecast), the naive baselines (``seasonal``: each target
-    week's sales a year before) and the tree peer (NaN where it does not forecast). The headline metrics are those
-    of next week's forecasts (horizon 1: what the deployed model is scored on), ``by_horizon`` each horizon's WMAE.
-    Returns the metrics and one frame of (series, week, horizon, actual, forecast_<name>..., model_p<q>...) rows."""
+    week's sales a year before) and the tree peer (NaN where it does not forecast). With ``correct`` the model and
+    the tree peer are level-corrected by their own errors of the weeks known since ``deployed`` (salesfc.correction),
+    the naive baselines are not. The headline metrics are those of next week's forecasts (horizon 1: what the
+    deployed model is scored on), ``by_horizon`` each horizon's WMAE. Returns the metrics (with ``correct``,
+    ``level_correction``: the model's factor for a forecast after the rows' weeks) and one frame of (series, week,
+    horizon, actual, forecast_<name>..., model_p<q>...) rows."""
     actual = rows["weekly_sales"].to_numpy(dtype=float)
     holiday = rows["is_holiday"].to_numpy()
     horizon = rows["horizon"].to_numpy()
     first = horizon == 1
+    peer_forecast = peer["forecast"]
+    if correct:
+        days, first_day = epoch_days(rows[TIMESTAMP]), epoch_days([deployed])[0]
+        level, after = correction.factors(days, horizon, actual, bands[0.5], first_day)
+        bands = {q: values * level for q, values in bands.items()}
+        peer_forecast = peer_forecast * correction.factors(days, horizon, actual, peer_forecast, first_day)[0]
     naive, fallbacks = baselines.naive_forecasts(train, rows, seasonal, counted=first)
-    forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer["forecast"]}
+    forecasts = {"model": bands[0.5], **naive, baselines.PEER: peer_forecast}
     scores = {name: metrics.evaluate(actual[first], forecast[first], holiday[first])
               for name, forecast in forecasts.items()}
     for name, count in fallbacks.items():
@@ -363,6 +379,8 @@ def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_
     if has_signal and not np.isnan(expected).any():
         noise_floor = metrics.evaluate(actual[first], expected[first], holiday[first])
     result = {"model": scores.pop("model"), "baselines": scores, "noise_floor": noise_floor}
+    if correct:
+        result["level_correction"] = {"recent_weeks": correction.RECENT_WEEKS, "next_week": after}
     if len(bands) > 1:
         result["model"]["quantiles"] = metrics.intervals(actual[first], {q: b[first] for q, b in bands.items()},
                                                          holiday[first])
@@ -463,11 +481,13 @@ def run(config) -> int:
     # Minutes on full data the first time (the held-out weeks through Feast, the tree peer's search). First: with a
     # band, next week's is widened by the errors of the latest held-out weeks.
     with progress.stage("evaluating on the held-out weeks (features, baselines, tree peer)"):
-        result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace, config.rows_per_read)
+        result, holdout = evaluate(store, forecaster, manifest["has_signal"], workspace, config.rows_per_read,
+                                   config.level_correction == "on")
     timings["evaluation"] = time.perf_counter() - tick
     tick = time.perf_counter()
     with progress.stage(f"forecasting {manifest['next_week']} from the online store"):
-        forecast = next_week(store, forecaster, manifest, result.get("next_week_band"))
+        forecast = next_week(store, forecaster, manifest, result.get("next_week_band"),
+                             result.get("level_correction", {}).get("next_week", 1.0))
     timings["next week (online)"] = time.perf_counter() - tick
     next_only = forecast[forecast["horizon"] == 1]
     result.update(run_id=run_id, next_week=manifest["next_week"], forecast_rows=len(next_only),
@@ -498,6 +518,11 @@ def run(config) -> int:
         print(f"infer: the model's {interval['band']} band holds {interval['coverage']:.1%} of the held-out actuals "
               f"(nominal {interval['nominal']:.0%}; each week's widened by the errors of the {band.RECENT_WEEKS} "
               "weeks before it)")
+    level = result.get("level_correction")
+    if level:
+        print(f"infer: the model's and the tree peer's forecasts are level-corrected by their errors of the latest "
+              f"{level['recent_weeks']} held-out weeks known when each was made; next week's by "
+              f"x{level['next_week']:.3f}")
     print(f"infer: forecast for {manifest['next_week']}: {len(next_only):,} series, total "
           f"${next_only['predicted_sales'].sum():,.0f}")
     if forecaster.horizon > 1:

@@ -4,7 +4,8 @@
 their features from the online store, and answers next week's forecast with the same preprocessing and network as
 ``salesfc infer`` (salesfc.infer's ``Forecaster`` and ``online_rows``), so a served forecast equals the batch one;
 a model's P10-P90 band too, which infer widens by the errors of the latest held-out weeks (salesfc.band) and serve
-reads from infer's ``metrics.json`` (the model's own widening until infer has run on the data).
+reads from infer's ``metrics.json`` (the model's own widening until infer has run on the data), as it reads the
+level's factor (salesfc.correction; 1 until then).
 
 What a caller can rely on:
 * a pair that is not a series of the prepared data, or whose online row is not of the forecast week (stale), gets
@@ -92,7 +93,8 @@ class Loaded:
     week: pd.Timestamp
     known: frozenset[int]
     source: tuple  # (run id, manifest's and infer's metrics' mtime and size): a change means something new to load
-    widen: list[float] | None = None  # the band as infer last widened it for this week (infer.recent_band_of)
+    widen: list[float] | None = None  # the band as infer last widened it for this week (infer.recent_calibration)
+    level: float = 1.0  # and the level's factor (salesfc.correction)
 
 
 # A row of a pair that is not a series of the prepared data.
@@ -317,7 +319,7 @@ class Service:
             return
         loaded = Loaded(run_id, forecaster, pd.Timestamp(manifest["next_week"], tz="UTC"),
                         frozenset(int(key) for key in manifest["forecast_series"]), source,
-                        infer.recent_band_of(workspace, run_id, manifest["next_week"]))
+                        *infer.recent_calibration(workspace, run_id, manifest["next_week"]))
         previous = self.loaded
         self.loaded, self.model_problem, self._failed_source = loaded, None, None
         self.metrics.model_loaded(loaded)
@@ -405,7 +407,7 @@ class Service:
             if fresh.any():
                 tick = time.perf_counter()
                 bands = loaded.forecaster.predict_quantiles(online if fresh.all() else online.rows(fresh),
-                                                            loaded.week, loaded.widen)
+                                                            loaded.week, loaded.widen, loaded.level)
                 self.metrics.stage.labels("model").observe(time.perf_counter() - tick)
                 for row, i in enumerate(asked[fresh]):
                     rows[i] = (rows[i][0], {q: values[row] for q, values in bands.items()})

@@ -296,6 +296,12 @@ SETTINGS: tuple[Setting, ...] = (
             type=positive_int, commands=("train", "demo", "submit")),
     Setting("plot_series", "How many series to plot (forecast against actual) in the report.", 6,
             non_negative_int, commands=INFER),
+    Setting("level_correction", "Multiply the model's and the tree peer's forecasts by the ratio of actual to "
+            "forecast sales of their next-week forecasts in the latest 8 weeks whose actuals were known when each was "
+            "made, since the model was deployed (on: infer's held-out weeks and next week's forecast, which serve "
+            "answers, and every backtest fold), or keep them as made (off). It follows a level that moves for every "
+            "series after the training weeks (promotions that start, a trend); bench/README.md has what it measured.",
+            "off", choices=("on", "off"), commands=INFER + ("backtest",)),
     # serve
     Setting("host", "serve: address to listen on (0.0.0.0 for every interface, as in a container).", "127.0.0.1",
             commands=SERVE),
