@@ -217,6 +217,13 @@ def container(trainer_image):
     buildah("rm", name, check=False)
 
 
+# buildah's chroot isolation re-executes buildah from a sealed in-memory copy before the command starts; sealing it
+# failed once with EBUSY (CI, 2026-12-06: "Close_Fd sealing memfd copy: Device or resource busy", the same command
+# then ran fine three times). Nothing ran in the container, so the command is tried again.
+REEXEC_FAILURE = "sealing memfd copy"
+REEXEC_TRIES = 3
+
+
 @pytest.fixture(scope="session")
 def run_in(container):
     """run_in(*command, user=None, env=None) -> CompletedProcess: a command in the container, as the image's user
@@ -230,7 +237,11 @@ def run_in(container):
             args += ["--user", user]
         for key, value in (env or {}).items():
             args += ["--env", f"{key}={value}"]
-        return buildah(*args, container, "--", *command, timeout=timeout, check=False)
+        for _ in range(REEXEC_TRIES):
+            result = buildah(*args, container, "--", *command, timeout=timeout, check=False)
+            if REEXEC_FAILURE not in result.stderr or result.stdout:
+                break
+        return result
 
     return run
 
