@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salesfc import baselines, correction, infer
+from salesfc import band, baselines, correction, infer
 from salesfc.tables import TIMESTAMP, epoch_days
 
-WEEK = correction.DAYS_PER_WEEK
+WEEK = band.DAYS_PER_WEEK
 FIRST = 100 * WEEK
 
 

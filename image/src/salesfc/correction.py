@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from salesfc.band import DAYS_PER_WEEK
+
 RECENT_WEEKS = 8
 # A ratio outside these is more likely a broken week (a store closed, data missing) than a level to follow.
 LIMITS = (0.8, 1.25)
-DAYS_PER_WEEK = 7
 
 
 def factors(target_days: np.ndarray, horizon: np.ndarray, actual: np.ndarray, forecast: np.ndarray,
