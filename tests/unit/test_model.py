@@ -193,6 +193,46 @@ def test_a_multi_horizon_network_forecasts_every_week_ahead_with_ordered_quantil
         network(numeric, categories)
 
 
+def test_next_week_is_the_one_week_heads_alone_and_only_next_weeks_loss_trains_that_head():
+    """A 13-week network's next-week forecast is its one-week head's, as in a one-week network: the later weeks' losses
+    reach the shared layers through the decoder, never the head. A checkpoint from before (no ``next_week_alone`` in
+    its config) keeps the forecasts it was trained to make: every week the head plus its term."""
+    torch.manual_seed(0)
+    config = model_lib.model_config(6, [5, 7], 3, [16, 8], 0.0, members=2, horizon=13)
+    network = model_lib.build(config)
+    numeric, categories = torch.randn(40, 6), torch.randint(0, 5, (40, 2))
+    days = torch.full((40,), 15_340)
+    heads = [member.mlp[-1] for member in network.members]
+    shared = [member.mlp[0] for member in network.members]
+    decoders = [member.out for member in network.members]
+
+    def grads(loss, layers):
+        return [g for g in torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)]
+
+    forecast = network(numeric, categories, days)
+    later = forecast[:, 1:].pow(2).sum()
+    assert all(g is None or not g.any() for g in grads(later, heads))
+    assert all(g.abs().sum() > 0 for g in grads(network(numeric, categories, days)[:, 1:].pow(2).sum(), shared))
+    assert all(g is None or not g.any()
+               for g in grads(network(numeric, categories, days)[:, 0].pow(2).sum(), decoders))
+    with torch.no_grad():
+        for layer in decoders:
+            layer.weight.add_(1.0)
+        moved = network(numeric, categories, days)
+    torch.testing.assert_close(moved[:, 0], forecast[:, 0].detach())  # the decoder does not make next week
+    assert (moved[:, 1:] != forecast[:, 1:].detach()).all()
+
+    before = {k: v for k, v in config.items() if k != "next_week_alone"}
+    older = model_lib.build(before)
+    older.load_state_dict(network.state_dict())
+    with torch.no_grad():
+        old = older(numeric, categories, days)
+        for layer in [member.out for member in older.members]:
+            layer.weight.add_(1.0)
+        assert (older(numeric, categories, days)[:, 0] != old[:, 0]).all()  # its decoder does make next week
+    torch.testing.assert_close(old[:, 1:], moved[:, 1:])  # the later weeks are the same sum in both
+
+
 def test_each_horizon_sees_the_calendar_of_its_own_target_week():
     import pandas as pd
 
