@@ -207,7 +207,7 @@ def test_next_week_is_the_one_week_heads_alone_and_only_next_weeks_loss_trains_t
     decoders = [member.out for member in network.members]
 
     def grads(loss, layers):
-        return [g for g in torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)]
+        return torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
 
     forecast = network(numeric, categories, days)
     later = forecast[:, 1:].pow(2).sum()

@@ -171,7 +171,7 @@ class Member(nn.Module):
             if self.next_week_alone:
                 # Next week is the one-week head's forecast alone, and the later weeks add their terms to a copy of it
                 # that carries no gradient back: the head learns next week as a one-week network's does, where a head
-                # that every horizon pulls on made next week 1-4% worse in the November fold of the 13-week backtests
+                # that every horizon pulls on made next week 2-4% worse in the November fold of the 13-week backtests
                 # (bench/README.md, Horizons). The later weeks still train the shared layers, through the decoder.
                 center = torch.cat([base, base.detach() + terms[:, 1:]], dim=1)
             else:  # models trained before 2026-12-06: every week is the head plus its term
