@@ -16,9 +16,9 @@ The limit: the network's forward+backward FLOPs per sample (3 x 2 x its multiply
 plain float32 matrix product measured in this run on the same cores, so samples/s x FLOPs/sample / that FLOP/s
 is the fraction of the machine the loop uses.
 
-The cost of horizons: salesfc's loop on one process with the default one-week network and with a 13-week one
-(``--horizons 1,13``: the same origin rows, each with 13 targets and the decoder of salesfc.model), seconds per epoch
-side by side.
+The cost of horizons: salesfc's loop on one process with the one-week network and with a 13-week one (the
+default; ``--horizons 1,13``: the same origin rows, each with 13 targets and the decoder of salesfc.model; both
+forecast the median only, as do the loops above), seconds per epoch side by side.
 
     python bench/training_speed.py                      # CPU: 1 and 2 processes
     python bench/training_speed.py --device cuda --epochs 10 --procs 1     # the GPU figure (10 epochs)

@@ -101,10 +101,19 @@ def test_metrics_have_the_promised_shape_and_the_model_beats_naive_forecasts(dem
 def test_next_week_forecast_covers_every_active_series(demo):
     workdir, _ = demo
     manifest = json.loads((workdir / "data" / "prep.json").read_text())
+    horizon = json.loads((workdir / "models" / "tiny-demo" / "training.json").read_text())["model_config"]["horizon"]
+    assert horizon == 13  # the default: next week and the 12 after it, each series once per week ahead
     forecast = pd.read_parquet(workdir / "reports" / "tiny-demo" / "predictions.parquet")
-    assert len(forecast) == len(manifest["forecast_series"])
-    assert (forecast["week"] == pd.Timestamp(manifest["next_week"], tz="UTC")).all()
+    assert len(forecast) == horizon * len(manifest["forecast_series"])
+    next_week = pd.Timestamp(manifest["next_week"], tz="UTC")
+    for h, rows in forecast.groupby("horizon"):
+        assert len(rows) == len(manifest["forecast_series"]) and not rows.duplicated(["store", "dept"]).any()
+        assert (rows["week"] == next_week + pd.Timedelta(weeks=h - 1)).all()
+    assert sorted(forecast["horizon"].unique()) == list(range(1, horizon + 1))
     assert forecast["predicted_sales"].notna().all()
+    # The default P10/P50/P90 band: never crossing, the median the point forecast.
+    assert (forecast["predicted_sales_p10"] <= forecast["predicted_sales"]).all()
+    assert (forecast["predicted_sales"] <= forecast["predicted_sales_p90"]).all()
 
 
 def test_infer_again_reads_the_cached_peer_and_scores_the_same(demo, run_salesfc):
@@ -300,7 +309,8 @@ def test_a_refit_on_two_processes_trains_again_on_the_validation_weeks(tmp_path,
     metrics = json.loads((tmp_path / "reports" / "again" / "metrics.json").read_text())
     assert metrics["model"]["n_rows"] == metrics["baselines"]["gradient_boosted_trees"]["n_rows"] > 0
     peers = [json.loads(p.read_text()) for p in (tmp_path / "baselines").glob("*.json")]
-    assert len(peers) == 1 and peers[0]["refit"]
+    # The default 13-week model: the one-week peer and the later weeks' peer, both refitted.
+    assert len(peers) == 2 and all(peer["refit"] for peer in peers)
 
 
 def test_backtest_on_kaggle_shaped_files(tmp_path, run_salesfc):

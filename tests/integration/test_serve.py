@@ -121,6 +121,7 @@ def batch_forecast(workdir: Path) -> dict[tuple[int, int], float]:
     config = settings.Config.defaults("infer", workdir=str(workdir))
     store = feature_store.open_store(config, wait=False)
     frame = infer.next_week(store, infer.Forecaster(config.workspace.run_dir(RUN)), manifest(workdir))
+    frame = frame[frame["horizon"] == 1]  # the default model forecasts 13 weeks: next week is horizon 1
     return {(int(s), int(d)): float(p) for s, d, p in zip(frame["store"], frame["dept"], frame["predicted_sales"])}
 
 

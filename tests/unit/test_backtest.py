@@ -63,6 +63,11 @@ def _fit_fold(frame, fold, tmp_path, name, refit="off"):
     return table, json.loads((run / "preprocess.json").read_text()), state, peer
 
 
+def config_horizon(tmp_path) -> int:
+    trained = json.loads(next((tmp_path / "base" / "backtests" / "b").glob("*/training.json")).read_text())
+    return trained["model_config"]["horizon"]
+
+
 def _perturb(frame, since) -> pd.DataFrame:
     """Every sale and every number from ``since`` on replaced by something else."""
     changed = frame.copy()
@@ -88,7 +93,8 @@ def test_a_folds_weeks_never_reach_training_or_selection(frame, tmp_path, refit)
         trained, chosen = (json.loads((d / "training.json").read_text()) for d in (run, run / "selection"))
         assert trained["refit"]["epochs"] == trained["best_epoch"] == chosen["best_epoch"]
         assert trained["refit"]["rows"]["train"] == chosen["rows"]["train"] + chosen["rows"]["val"]
-    assert peer == peer_after and len(peer) == 1
+    # The default 13-week network: the one-week peer's search and the later weeks' peer's, both blind to the fold.
+    assert config_horizon(tmp_path) == 13 and peer == peer_after and len(peer) == 2
     assert set(table["week"]) == set(frame.loc[(frame[TIMESTAMP] >= fold.cutoff)
                                                & (frame[TIMESTAMP] <= fold.last_week), TIMESTAMP])
     earlier = fold.val_start - pd.Timedelta(weeks=4)

@@ -91,10 +91,10 @@ def prepared_frame():
     return frame, Split.from_weeks(frame[TIMESTAMP], val_weeks=13, test_weeks=26)
 
 
-def prepare(context: distributed.Context, frame, split):
+def prepare(context: distributed.Context, frame, split, horizon: int = 1):
     """What load_training_arrays gives this rank: its own series' arrays, the preprocessing fitted over all ranks."""
     shard = frame[tables.series_part(frame["store_dept"], context.world_size) == context.rank]
-    arrays, preprocessor, rows = train.training_arrays(shard, split, context)
+    arrays, preprocessor, rows = train.training_arrays(shard, split, context, horizon)
     return arrays, {"rows": rows, "retrieval_seconds": 0.0, "offline_store": "none"}, preprocessor, split
 
 
@@ -115,7 +115,7 @@ def train_run(rank: int, port: int, workdir: str, crash: bool, data) -> None:
     run_dir = Path(workdir, "models", "run")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        train.fit_run(config, context, run_dir, prepare(context, *data), "data")
+        train.fit_run(config, context, run_dir, prepare(context, *data, config.horizon), "data")
     except Crash:
         pass  # as if the pod died: the next start resumes from checkpoint.pt
     finally:

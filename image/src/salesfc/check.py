@@ -147,10 +147,11 @@ def run(config) -> int:
         online["dept"] = online["store_dept"] % 1000
         with torch.no_grad():
             week = pd.Timestamp(state["manifest_obj"]["next_week"], tz="UTC")
-            prediction = state["forecaster"].predict(online, week).ravel()
+            prediction = state["forecaster"].predict(online, week).reshape(len(online), -1)  # (rows, horizon)
         if not np.isfinite(prediction).all():
             raise Failed("the model predicts non-finite sales for online rows")
-        return f"{len(prediction)} online rows predicted, e.g. ${prediction[0]:,.0f}"
+        ahead = f", {prediction.shape[1]} weeks ahead each" if prediction.shape[1] > 1 else ""
+        return f"{len(prediction)} online rows predicted{ahead}, e.g. ${prediction[0, 0]:,.0f} next week"
 
     if config.serve_url:
         @check("serving", needs=("model", "manifest"))

@@ -388,7 +388,7 @@ def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_
         result["by_horizon"] = by_horizon(actual, holiday, horizon, forecasts, bands,
                                           expected if noise_floor is not None else None)
     holdout = pd.DataFrame({"store": rows["store"].to_numpy(), "dept": rows["dept"].to_numpy(),
-                            "week": rows[TIMESTAMP].to_numpy(), "horizon": horizon, "actual": actual,
+                            "week": rows[TIMESTAMP].array, "horizon": horizon, "actual": actual,
                             "is_holiday": holiday,
                             **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()},
                             **{f"model_{metrics.quantile_name(q)}": np.round(values, 2)

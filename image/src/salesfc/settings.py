@@ -243,13 +243,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("weight_decay", "AdamW weight decay (L2 pull of the weights towards 0).", 1e-4, non_negative_float,
             commands=TRAIN),
     Setting("hidden", "MLP hidden layer sizes.", (256, 128, 64), layer_sizes, commands=TRAIN),
-    Setting("quantiles", "Quantiles the network forecasts, e.g. 0.1,0.5,0.9 for P10/P50/P90 bands (pinball loss, "
-            "never crossing); the median 0.5 is always one of them and is the point forecast.", (0.5,),
+    Setting("quantiles", "Quantiles the network forecasts: P10/P50/P90 bands by default (pinball loss, never "
+            "crossing); the median 0.5 is always one of them and is the point forecast (0.5 alone: no band).",
+            (0.1, 0.5, 0.9),
             quantile_list, commands=TRAIN),
     Setting("horizon", "Weeks ahead the network forecasts from each origin: weeks t+1 to t+H, one output each (a "
             "direct multi-horizon head); 1 to 39. Sales features end at the origin; each target week's calendar (week "
             "of year, weeks to Thanksgiving and Christmas) is known ahead; the other store context (temperature, fuel "
-            "price, CPI, unemployment, markdowns) is held at its value of the first forecast week.", 1, horizon_weeks,
+            "price, CPI, unemployment, markdowns) is held at its value of the first forecast week.", 13, horizon_weeks,
             commands=TRAIN),
     Setting("dropout", "Dropout after each hidden layer.", 0.2, fraction, commands=TRAIN),
     Setting("huber_delta", "The median's training loss is Huber loss with this delta, in units of the row's scale: "
