@@ -147,7 +147,7 @@ def run(config) -> int:
         online["dept"] = online["store_dept"] % 1000
         with torch.no_grad():
             week = pd.Timestamp(state["manifest_obj"]["next_week"], tz="UTC")
-            prediction = state["forecaster"].predict(online, week).reshape(len(online), -1)  # (rows, horizon)
+            prediction = state["forecaster"].predict(online, week)  # (rows, horizon)
         if not np.isfinite(prediction).all():
             raise Failed("the model predicts non-finite sales for online rows")
         ahead = f", {prediction.shape[1]} weeks ahead each" if prediction.shape[1] > 1 else ""
