@@ -98,12 +98,14 @@ DECODER_WIDTH = 16
 
 @dataclass
 class TargetCalendar:
-    """The calendar of a batch's target weeks: each distinct week's ISO week code and holiday distances, and for each
-    (row, horizon) the index of its week among them (a batch of 4,096 rows has a few hundred distinct target weeks)."""
+    """The calendar of a batch's target weeks, per distinct origin week (a batch of 4,096 rows has one or two hundred):
+    for each such origin and horizon the target week's ISO week code and holiday distances, and for each row the index
+    of its origin among them. Per origin rather than per target week, so a row's calendar terms for every horizon are
+    one contiguous lookup (see Member.forward)."""
 
-    week: torch.Tensor   # long (weeks,)
-    near: torch.Tensor   # float (weeks, 2)
-    index: torch.Tensor  # long (rows, horizon)
+    week: torch.Tensor   # long (origins, horizon)
+    near: torch.Tensor   # float (origins, horizon, 2)
+    index: torch.Tensor  # long (rows,)
 
 
 @functools.lru_cache(maxsize=1)
@@ -163,10 +165,16 @@ class Member(nn.Module):
         if self.horizon == 1:
             features, center = features.unsqueeze(1), base
         else:
-            # Each distinct target week's calendar term once, then gathered for every (row, horizon).
-            calendar = self.week_embedding(target_calendar.week) + self.near(target_calendar.near)
-            features = torch.relu(self.decode(features).unsqueeze(1) + self.horizon_embedding.weight
-                                  + calendar[target_calendar.index])
+            # Each distinct origin's terms for every horizon once (its target weeks' calendar and the horizon's own),
+            # then one row of them per row: an embedding lookup, whose backward pass adds whole rows. Gathering each
+            # (row, horizon) pair from a table of target weeks instead made an epoch of the default 20% slower (its
+            # backward pass sorts and scatters 13 indices a row) and not reproducible: the scatter's order of
+            # additions varied from run to run (bench/README.md, Horizons).
+            calendar = (self.horizon_embedding.weight + self.week_embedding(target_calendar.week)
+                        + self.near(target_calendar.near))
+            calendar = nn.functional.embedding(target_calendar.index, calendar.flatten(1)).view(
+                -1, self.horizon, DECODER_WIDTH)
+            features = torch.relu(self.decode(features).unsqueeze(1) + calendar)
             terms = self.out(features)
             if self.next_week_alone:
                 # Next week is the one-week head's forecast alone, and the later weeks add their terms to a copy of it
@@ -211,7 +219,8 @@ class SalesMLP(nn.Module):
             self.register_buffer("steps", 7 * torch.arange(self.horizon), persistent=False)
 
     def target_calendar(self, days: torch.Tensor) -> TargetCalendar:
-        day, index = torch.unique(days.unsqueeze(1) + self.steps, return_inverse=True)
+        origin, index = torch.unique(days, return_inverse=True)
+        day = origin.unsqueeze(1) + self.steps
         inside = (day >= 0) & (day < CALENDAR_DAYS)
         day = day.clamp(0, CALENDAR_DAYS - 1)
         return TargetCalendar(torch.where(inside, self.calendar_week[day], 0),
