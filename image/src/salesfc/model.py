@@ -274,7 +274,7 @@ def flops_per_sample(config: dict) -> int:
         macs += width * size
         width = size
     macs += width * outputs
-    if horizon > 1:  # the row's projection, then per horizon the outputs (the calendar's terms: per distinct week)
+    if horizon > 1:  # the row's projection, then per horizon the outputs (the calendar's terms: per distinct origin)
         macs += width * DECODER_WIDTH + horizon * DECODER_WIDTH * outputs
     return 6 * macs * config.get("members", 1)
 
