@@ -145,7 +145,9 @@ def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
     plt = _figure()
     table = result["by_horizon"]
     band = "quantiles" in table[0]
-    fig, axes = plt.subplots(1, 2 if band else 1, figsize=(12 if band else 7, 4), squeeze=False)
+    # The forecasters' legend below the panels: inside, it hid the middle of the chart (the naive baselines' lines).
+    fig, axes = plt.subplots(1, 2 if band else 1, figsize=(12 if band else 7, 4.6), squeeze=False,
+                             layout="constrained")
     steps = [entry["horizon"] for entry in table]
     for name in table[0]["wmae"]:
         axes[0, 0].plot(steps, [entry["wmae"].get(name, np.nan) for entry in table], marker="o", ms=3,
@@ -154,7 +156,11 @@ def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
     axes[0, 0].set_xlabel("weeks ahead")
     axes[0, 0].set_ylabel("WMAE ($)")
     axes[0, 0].set_title("Held-out WMAE by horizon")
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    first = [label(name) for name in ("model", "gradient_boosted_trees", "noise_floor")]
+    entries = sorted(zip(labels, handles), key=lambda entry: first.index(entry[0]) if entry[0] in first else len(first))
+    fig.legend([handle for _, handle in entries], [text for text, _ in entries], loc="outside lower center", ncol=4,
+               fontsize=8, frameon=False)
     dollars(axes[0, 0])
     if band:
         nominal = table[0]["quantiles"]["nominal"]
@@ -165,7 +171,6 @@ def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
         axes[0, 1].set_xlabel("weeks ahead")
         axes[0, 1].set_title(f"Share of actuals inside the {table[0]['quantiles']['band']} band")
         axes[0, 1].legend(fontsize=8)
-    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
