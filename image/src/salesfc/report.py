@@ -149,18 +149,16 @@ def plot_horizons(holdout: pd.DataFrame, result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if band else 1, figsize=(12 if band else 7, 4.6), squeeze=False,
                              layout="constrained")
     steps = [entry["horizon"] for entry in table]
-    for name in table[0]["wmae"]:
+    # Plotted, and so listed in the legend, with the model, the tree peer and the noise floor first.
+    first = ("model", "gradient_boosted_trees", "noise_floor")
+    for name in sorted(table[0]["wmae"], key=lambda name: first.index(name) if name in first else len(first)):
         axes[0, 0].plot(steps, [entry["wmae"].get(name, np.nan) for entry in table], marker="o", ms=3,
                         color=COLORS.get(name, "tab:red"), label=label(name),
                         ls=":" if name == "noise_floor" else "-")
     axes[0, 0].set_xlabel("weeks ahead")
     axes[0, 0].set_ylabel("WMAE ($)")
     axes[0, 0].set_title("Held-out WMAE by horizon")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    first = [label(name) for name in ("model", "gradient_boosted_trees", "noise_floor")]
-    entries = sorted(zip(labels, handles), key=lambda entry: first.index(entry[0]) if entry[0] in first else len(first))
-    fig.legend([handle for _, handle in entries], [text for text, _ in entries], loc="outside lower center", ncol=4,
-               fontsize=8, frameon=False)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     dollars(axes[0, 0])
     if band:
         nominal = table[0]["quantiles"]["nominal"]
