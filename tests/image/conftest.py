@@ -7,11 +7,15 @@ downloading the lock's wheels inside the build as it would anywhere, and only th
 Everything goes through buildah with chroot isolation and the overlay storage driver, in a storage of its own
 (/var/lib/containers/salesfc-test; no daemon, no registry; needs root). Overlay, not vfs: vfs keeps every layer and
 every container as a full copy, and committing the ~6 GB venv as one layer held three copies of it at once, which
-ran a CI machine out of disk. With overlay and one layer per dependency group (image/install-requirements.sh) the
-build peaks at about 16 GB, and the container costs nothing. Splitting the groups further (six layers of at most
-1.5 GB) did not lower that peak (15.8 GB against 15.4 GB), so the peak and the space free before the build are
-measured each run instead: they go with the timings and sizes to .cache/image-test/metrics.json and the end of the
-pytest report, and a failed build's message says them.
+ran a CI machine out of disk. With overlay and one layer per dependency group (image/install-requirements.sh) a
+cold build (no cached layers) still peaks at 15-18.4 GB for a 7.6 GB image: buildah 1.28 keeps every step's container
+(and so its upper directory) until the whole build ends, and writes each layer twice under /var/tmp while committing
+it (sampled every 5 s, 2026-12-07: /var/tmp 6.2 GB while the 3.25 GB CUDA layer was committed). Splitting the groups
+further (six layers of at most 1.5 GB) did not lower that peak (15.8 GB against 15.4 GB). So a cold build first checks
+that the space is there (COLD_BUILD_GB), the peak and the space free before the build are measured each run (they go
+with the timings and sizes to .cache/image-test/metrics.json and the end of the pytest report), and no build leaves
+containers behind: a failed one's would hold its ~7 GB until someone removed them by hand, and the next run would
+start with that much less.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ STORAGE_RUNROOT = "/run/containers/salesfc-test"
 STORAGE_ENV = {"SALESFC_TEST_STORAGE_ROOT": STORAGE_ROOT, "SALESFC_TEST_STORAGE_RUNROOT": STORAGE_RUNROOT}
 BUILDAH = ["buildah", "--storage-driver", "overlay", "--root", STORAGE_ROOT, "--runroot", STORAGE_RUNROOT]
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Free space a build without cached dependency layers needs on the storage's file system: its measured peak (18.4 GB
+# at most in six cold builds on the CI machine, 2026-12-06/07) and a little more.
+COLD_BUILD_GB = 19.0
 INSTALL_HINT = "run scripts/install-image-tools.sh (as root)"
 
 # What the build and the run took, for the summary at the end of the report (and metrics.json).
@@ -70,6 +77,14 @@ def layer_sizes(name: str) -> list[int]:
     """The image's layers' sizes in bytes, base first."""
     manifest = json.loads(buildah("inspect", "--type", "image", "--format", "{{.Manifest}}", name).stdout)
     return [layer["size"] for layer in manifest["layers"]]
+
+
+def cached_layers() -> bool:
+    """Whether the storage holds images besides the test base: the layers of an earlier build with this lock, which
+    the build reuses (a build without them installs the whole lock)."""
+    images = buildah("images", "--all", "--noheading", "--format", "{{.ID}}").stdout.split()
+    base = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", BASE_IMAGE).stdout.strip()
+    return any(not base.startswith(image) for image in images)
 
 
 def pip_build_args() -> list[str]:
@@ -172,14 +187,27 @@ def trainer_image(test_base, say) -> str:
     CACHE.mkdir(parents=True, exist_ok=True)
     if image_exists(IMAGE):  # the previous session's; its layers stay as the build cache
         buildah("rmi", "--force", IMAGE)
+    # Containers in the tests' own storage are left over from a session that was killed (this session's come later):
+    # removing them frees their layers' space; images stay, as the build cache.
+    buildah("rm", "--all", check=False)
     if lock_changed():
         buildah("rmi", "--prune", check=False)
+    storage = Path(STORAGE_ROOT)
+    storage.mkdir(parents=True, exist_ok=True)
+    cold = METRICS["cold_build"] = not cached_layers()
+    if cold and shutil.disk_usage(storage).free / 1e9 < COLD_BUILD_GB:
+        pytest.fail(f"the trainer image build needs about {COLD_BUILD_GB:.0f} GB free on {storage}'s file system "
+                    f"(no cached layers: it installs the whole lock, ~7.6 GB, and buildah holds each step's container "
+                    f"until the end); {free_gb(storage)} GB are free. Free some space, or leave the image tests out: "
+                    f"make test ARGS=\"-m 'not image'\"", pytrace=False)
     log = CACHE / "build.log"
     command = [
         *BUILDAH, "bud", "--isolation", "chroot", "--pull=never", "--file", "image/Containerfile", "--tag", IMAGE,
         # A layer per instruction, as docker and podman build: each dependency group is committed on its own, and
         # a rerun with the same lock reuses them.
         "--layers",
+        # A failed build's step containers are removed too (by default only a successful build's are).
+        "--force-rm",
         "--build-arg", f"BASE_IMAGE={test_base}", "--build-arg", f"VERSION={VERSION}",
         # pip downloads inside the build, into the layer's own temporary files: no wheelhouse beside the build
         # (3 GB more disk at its peak), and a rerun with the same lock does not download at all (cached layers).
@@ -187,8 +215,6 @@ def trainer_image(test_base, say) -> str:
         ".",
     ]
     start = time.monotonic()
-    storage = Path(STORAGE_ROOT)
-    storage.mkdir(parents=True, exist_ok=True)
     with DiskWatch(storage) as disk:
         code = run_logged(command, log, what="trainer image build", say=say, timeout=1800, cwd=REPO)
     METRICS["image_build_s"] = round(time.monotonic() - start, 1)
@@ -279,7 +305,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     parts = [
         f"image {METRICS.get('image', IMAGE)}",
         f"size {METRICS.get('image_size_gb', '?')} GB (largest layer {METRICS.get('largest_layer_gb', '?')} GB)",
-        f"build {METRICS.get('image_build_s', '?')} s (disk: {METRICS.get('build_peak_disk_gb', '?')} GB at its peak, "
+        f"build {METRICS.get('image_build_s', '?')} s ({'no' if METRICS.get('cold_build') else 'with'} cached layers; "
+        f"disk: {METRICS.get('build_peak_disk_gb', '?')} GB at its peak, "
         f"{METRICS.get('disk_free_before_build_gb', '?')} GB free before)",
         f"base {'reused' if base is None else f'{base} s'}",
         f"container {METRICS.get('container_create_s', '?')} s",
