@@ -432,7 +432,9 @@ def historical_features(store: Store, labels: pd.DataFrame | None = None, since:
 def in_table_order(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows by week, then series: the order of the tables and of one read."""
     order = np.lexsort((frame["store_dept"].to_numpy(dtype=np.int64), frame[TIMESTAMP].array.asi8))
-    return frame.take(order).reset_index(drop=True)
+    ordered = frame.take(order)  # a new frame already: reset_index would copy all of it once more
+    ordered.index = pd.RangeIndex(len(ordered))
+    return ordered
 
 
 def reads_per_shard(rows: int, world_size: int, rows_per_read: int) -> int:

@@ -240,7 +240,7 @@ def forecast_weeks(forecaster: Forecaster, frame: pd.DataFrame, first: pd.Timest
         "weekly_sales": ahead.sales[at, step], "is_holiday": ahead.holiday[at, step].astype(np.int64),
         "expected_sales": ahead.expected[at, step],
         **{name: frame[name].to_numpy(dtype=float, na_value=np.nan)[at] for name in NAIVE_INPUTS},
-    })
+    }, copy=False)  # every column is a new array already: copying them into one block took 0.5 s for 917,000 rows
     return rows, {q: values[row, step] for q, values in bands.items()}, at, after
 
 
@@ -392,7 +392,7 @@ def score(rows: pd.DataFrame, bands: dict, train: pd.DataFrame, peer: dict, has_
                             "is_holiday": holiday,
                             **{f"forecast_{name}": np.round(values, 2) for name, values in forecasts.items()},
                             **{f"model_{metrics.quantile_name(q)}": np.round(values, 2)
-                               for q, values in bands.items() if q != 0.5}})
+                               for q, values in bands.items() if q != 0.5}}, copy=False)
     if noise_floor is not None:
         holdout["expected_sales"] = expected
     return result, holdout

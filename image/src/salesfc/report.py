@@ -25,7 +25,9 @@ def _figure():
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        # Every figure has constrained layout, which already fits its labels and legend in the figure; bbox_inches=
+        # "tight" would draw each figure once more to find what it crops (about 0.3 s a figure).
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def dollars(ax) -> None:

@@ -39,7 +39,9 @@ EPOCH_DAY = pd.Timestamp("1970-01-01", tz="UTC")
 
 def epoch_days(weeks) -> np.ndarray:
     """Timestamps (UTC) -> whole days since 1970-01-01 (int64): how a multi-horizon forecast names its weeks."""
-    stamps = pd.to_datetime(pd.Series(weeks), utc=True)
+    # No cache: to_datetime's caching first builds a Timestamp object per row to count the distinct ones (0.3 s for
+    # the 426,000 labels), and whole weeks in datetime64 convert faster than that without it.
+    stamps = pd.to_datetime(pd.Series(weeks), utc=True, cache=False)
     return ((stamps - EPOCH_DAY) // pd.Timedelta(days=1)).to_numpy(dtype=np.int64)
 
 
