@@ -151,7 +151,8 @@ def _stamps(column: pd.Series, rows=slice(None)):
 
 
 def _row_ids(rows: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"store_dept": rows["store_dept"].to_numpy(dtype=np.int64), TIMESTAMP: _stamps(rows[TIMESTAMP])})
+    return pd.DataFrame({"store_dept": rows["store_dept"].to_numpy(dtype=np.int64),
+                         TIMESTAMP: _stamps(rows[TIMESTAMP])})
 
 
 def cached_peer(preprocessor: Preprocessor, rows: pd.DataFrame, *, cache: Path | None, data: str, split: dict,
